@@ -1,0 +1,68 @@
+"""The ``llama3-lab`` command: fetch | explain | generate | chat | lab."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .assets import fetch_assets
+
+    paths = fetch_assets(progress=not args.quiet)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .config import LlamaConfig
+
+    print(LlamaConfig.from_pretrained(args.path).explain().to_text())
+    return 0
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    import subprocess
+
+    notebooks = Path(args.notebooks)
+    if not notebooks.is_dir():
+        print(f"error: notebooks folder {notebooks} not found; run from the repository root or pass --notebooks")
+        return 2
+    return subprocess.call([sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebooks}", *args.extra])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama3-lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download and verify the pinned assets into the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("explain", help="explain every field of a config (config.json, params.json, .gguf or a dir)")
+    p.add_argument("path", nargs="?", default="config.json")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("lab", help="start JupyterLab on the notebooks folder")
+    p.add_argument("--notebooks", default="notebooks")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed on to jupyter lab")
+    p.set_defaults(func=_cmd_lab)
+
+    try:  # generate and chat live with the generation code
+        from .generation import add_cli_commands
+    except ImportError:
+        pass
+    else:
+        add_cli_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
