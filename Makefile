@@ -1,0 +1,43 @@
+# The two commands a user needs: `make lab` and `make test`. Both set everything up first and are
+# idempotent: a second run installs nothing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.llama3-lab-installed
+NOTEBOOKS ?= notebooks
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup assets lab test lint unit notebooks browser refresh-notebooks bench clean-venv
+
+$(STAMP): pyproject.toml scripts/setup_env.sh
+	bash scripts/setup_env.sh $(VENV)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+assets: setup
+	$(PY) -m llama3_lab fetch
+
+lab: assets
+	$(PY) -m jupyter lab --notebook-dir=$(NOTEBOOKS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+unit: assets
+	$(PY) -m pytest -p no:nbval tests
+
+notebooks: assets
+	$(PY) -m pytest --nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope $(NOTEBOOKS)/
+
+test: lint unit notebooks
+
+refresh-notebooks: assets
+	bash scripts/refresh_notebooks.sh $(NOTEBOOKS)/*.ipynb
+
+bench: assets
+	$(PY) benchmarks/run.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment and install everything into it. Idempotent: the Makefile
+# runs it only when pyproject.toml changed or the venv is missing.
+#
+# torch is chosen here, not pinned in pyproject.toml: a machine with an NVIDIA GPU gets the CUDA build
+# from PyPI; a machine without one gets a CPU build (a local wheel when pip's find-links has one, else
+# PyTorch's CPU index, else whatever PyPI offers).
+set -euo pipefail
+venv="${1:-.venv}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "llama3-lab needs Python >= 3.10; set PYTHON=python3.11")'
+  echo "==> creating $venv"
+  "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+if "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  echo "==> torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') already installed"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "==> NVIDIA GPU found: installing the CUDA build of torch"
+  "${pip[@]}" install "torch>=2.5"
+else
+  echo "==> no GPU: installing a CPU build of torch"
+  "${pip[@]}" install --no-index "torch==2.13.0" 2>/dev/null \
+    || "${pip[@]}" install "torch>=2.5" --index-url https://download.pytorch.org/whl/cpu \
+    || "${pip[@]}" install "torch>=2.5"
+fi
+
+echo "==> installing llama3-lab with its test extras"
+"${pip[@]}" install -e ".[test]"
