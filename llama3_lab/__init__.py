@@ -19,7 +19,17 @@ _EXPORTS = {
     "HookPoint": "llama3_lab.hooks",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "ActivationCache",
+    "HookPoint",
+    "KVCache",
+    "LlamaConfig",
+    "LlamaModel",
+    "__version__",
+    "fetch_assets",
+    "load_model",
+    "load_tokenizer",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .assets import fetch_assets

@@ -28,9 +28,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
     notebooks = Path(args.notebooks)
     if not notebooks.is_dir():
-        print(f"error: notebooks folder {notebooks} not found; run from the repository root or pass --notebooks")
+        print(
+            f"error: notebooks folder {notebooks} not found; "
+            "run from the repository root or pass --notebooks DIR"
+        )
         return 2
-    return subprocess.call([sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebooks}", *args.extra])
+    command = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={notebooks}", *args.extra]
+    return subprocess.call(command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("explain", help="explain every field of a config (config.json, params.json, .gguf or a dir)")
+    p = sub.add_parser(
+        "explain", help="explain every field of a config (config.json, params.json, .gguf or a dir)"
+    )
     p.add_argument("path", nargs="?", default="config.json")
     p.set_defaults(func=_cmd_explain)
 
