@@ -1,0 +1,166 @@
+"""The KV cache: every layer's keys (after RoPE) and values for the positions seen so far.
+
+Preallocated once as ``[B, K, T_max, d]`` per layer, so a decode step writes one slot in place and
+attends over a view of the filled prefix: no concatenation, no allocation per step. Keys are stored
+after RoPE, exactly what attention multiplies with the queries, so the cache can be inspected,
+edited, rewound and cloned like any tensor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .config import LlamaConfig
+
+if TYPE_CHECKING:
+    from .model import LlamaModel
+
+
+class KVCache:
+    """Per-layer preallocated keys and values; ``length`` positions of them are filled.
+
+    Build with ``KVCache.allocate(cfg_or_model, batch_size, max_length)``; pass to ``model(tokens,
+    cache=cache)``, which writes the new positions and advances ``length``.
+    """
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int = 0) -> None:
+        if len(keys) != len(values) or not keys:
+            raise ValueError("a KVCache needs one key and one value tensor per layer (at least one layer).")
+        self.keys = keys
+        self.values = values
+        self.length = length
+
+    @classmethod
+    def allocate(
+        cls,
+        cfg: LlamaConfig | LlamaModel,
+        batch_size: int = 1,
+        max_length: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """Empty cache for ``batch_size`` sequences of up to ``max_length`` positions.
+
+        ``cfg`` may be the model itself, whose device and dtype are then the defaults (else CPU and
+        float32). ``max_length`` defaults to ``max_position_embeddings``; memory is reserved, not
+        touched, until positions are written.
+        """
+        if not isinstance(cfg, LlamaConfig):  # a model
+            device = device if device is not None else cfg.device
+            dtype = dtype or cfg.dtype
+            cfg = cfg.cfg
+        max_length = max_length or cfg.max_position_embeddings
+        if max_length > cfg.max_position_embeddings:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's context, max_position_embeddings = "
+                f"{cfg.max_position_embeddings}."
+            )
+        shape = (batch_size, cfg.num_key_value_heads, max_length, cfg.head_dim)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        dtype = dtype or torch.float32
+        keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        return cls(keys, values)
+
+    # -- shape --------------------------------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.keys)
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated for keys and values (all of ``max_length``, not just the filled part)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    # -- reading and writing ------------------------------------------------------------------------------
+
+    def layer_keys(self, layer: int) -> torch.Tensor:
+        """Keys of ``layer`` for the filled positions, a view [B K length d] (after RoPE)."""
+        return self.keys[layer][:, :, : self.length]
+
+    def layer_values(self, layer: int) -> torch.Tensor:
+        """Values of ``layer`` for the filled positions, a view [B K length d]."""
+        return self.values[layer][:, :, : self.length]
+
+    def write(
+        self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``keys``/``values`` [B K P d] at positions ``start..start+P-1`` of ``layer``.
+
+        Returns views of keys and values for positions ``0..start+P-1``, what the new queries attend
+        over. ``length`` is advanced by the model once every layer has been written.
+        """
+        end = start + keys.shape[2]
+        if keys.device != self.device or keys.dtype != self.dtype:
+            raise ValueError(
+                f"the cache holds {self.dtype} on {self.device} but the model computes {keys.dtype} on "
+                f"{keys.device}: allocate it with KVCache.allocate(model, ...)."
+            )
+        self.keys[layer][:, :, start:end] = keys
+        self.values[layer][:, :, start:end] = values
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    # -- editing ------------------------------------------------------------------------------------------
+
+    def truncate(self, length: int) -> KVCache:
+        """Keep the first ``length`` positions (the rest is overwritten by the next forward)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate to {length}: the cache holds {self.length} positions.")
+        self.length = length
+        return self
+
+    def rewind(self, n: int = 1) -> KVCache:
+        """Forget the last ``n`` positions."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot rewind {n} positions: the cache holds {self.length}.")
+        self.length -= n
+        return self
+
+    def reset(self) -> KVCache:
+        """Forget every position (the memory stays allocated)."""
+        self.length = 0
+        return self
+
+    def clone(self) -> KVCache:
+        """An independent copy (same capacity; only the filled positions are copied)."""
+        keys = [torch.empty_like(t) for t in self.keys]
+        values = [torch.empty_like(t) for t in self.values]
+        for src, dst in zip(self.keys + self.values, keys + values):
+            dst[:, :, : self.length] = src[:, :, : self.length]
+        return KVCache(keys, values, self.length)
+
+    def __repr__(self) -> str:
+        B, K, T, d = self.keys[0].shape
+        used = self.nbytes * self.length / max(T, 1)
+        return (
+            f"KVCache(layers={self.n_layers}, batch={B}, kv_heads={K}, head_dim={d}, "
+            f"length={self.length}/{T}, {str(self.dtype).removeprefix('torch.')} on {self.device}, "
+            f"{_human_bytes(used)} used of {_human_bytes(self.nbytes)})"
+        )
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

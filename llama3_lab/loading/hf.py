@@ -1,0 +1,166 @@
+"""Hugging Face layout: ``config.json`` + ``model.safetensors`` (or shards with an index).
+
+Our parameter names are the module tree's (``blocks.3.attn.q_proj.weight``); the Hugging Face names
+(``model.layers.3.self_attn.q_proj.weight``) map one to one, and the q/k rows are already in the
+rotate_half layout this model uses, so nothing is permuted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..config import LlamaConfig
+from .fill import LoadError, fill_model
+
+if TYPE_CHECKING:
+    from ..model import LlamaModel
+
+# (our name pattern, Hugging Face name pattern); {l} is the layer, {p} the projection, {b} weight/bias.
+_NAME_MAP = [
+    ("embed.weight", "model.embed_tokens.weight"),
+    ("blocks.{l}.attn.{p}.{b}", "model.layers.{l}.self_attn.{p}.{b}"),
+    ("blocks.{l}.mlp.{p}.{b}", "model.layers.{l}.mlp.{p}.{b}"),
+    ("blocks.{l}.ln1.weight", "model.layers.{l}.input_layernorm.weight"),
+    ("blocks.{l}.ln2.weight", "model.layers.{l}.post_attention_layernorm.weight"),
+    ("ln_final.weight", "model.norm.weight"),
+    ("unembed.weight", "lm_head.weight"),
+]
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    escaped = re.escape(pattern).replace(r"\{l\}", r"(?P<l>\d+)")
+    escaped = escaped.replace(r"\{p\}", r"(?P<p>\w+_proj)").replace(r"\{b\}", r"(?P<b>weight|bias)")
+    return re.compile(escaped + "$")
+
+
+_OURS_TO_HF = [(_regex(ours), hf) for ours, hf in _NAME_MAP]
+_HF_TO_OURS = [(_regex(hf), ours) for ours, hf in _NAME_MAP]
+
+
+def _translate(name: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for regex, template in table:
+        match = regex.match(name)
+        if match:
+            return template.format(**match.groupdict())
+    return None
+
+
+def hf_name(ours: str) -> str:
+    """``blocks.3.attn.q_proj.weight`` → ``model.layers.3.self_attn.q_proj.weight``."""
+    name = _translate(ours, _OURS_TO_HF)
+    if name is None:
+        raise KeyError(f"no Hugging Face name for parameter {ours!r}.")
+    return name
+
+
+def our_name(hf: str) -> str | None:
+    """``model.layers.3.self_attn.q_proj.weight`` → ``blocks.3.attn.q_proj.weight`` (None if unknown)."""
+    return _translate(hf, _HF_TO_OURS)
+
+
+# -------------------------------------------------------------------------------------------- saving
+
+
+def hf_config_dict(cfg: LlamaConfig, dtype: torch.dtype | None = None) -> dict:
+    """The ``config.json`` transformers reads for this config."""
+    d = cfg.to_dict()
+    d.setdefault("architectures", ["LlamaForCausalLM"])
+    d["model_type"] = "llama"
+    if dtype is not None:
+        d["torch_dtype"] = str(dtype).removeprefix("torch.")
+    return d
+
+
+def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) -> None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_hf(model: LlamaModel, directory: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (Hugging Face names; no ``lm_head`` when tied).
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
+    """
+    directory = Path(directory)
+    tensors = {}
+    for name, param in model.named_parameters():  # shared (tied) parameters are listed once
+        tensors[hf_name(name)] = param.detach().contiguous().cpu()
+    _atomic_write(
+        directory / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
+    )
+    config = json.dumps(hf_config_dict(model.cfg, model.dtype), indent=2)
+    _atomic_write(directory / "config.json", lambda p: p.write_text(config))
+    return directory
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """The weight files of an HF directory: one ``model.safetensors`` or the shards its index lists."""
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.exists():
+        return [single]
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise LoadError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from e
+        files = [directory / f for f in dict.fromkeys(weight_map.values())]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise LoadError(f"{index} lists shards that are not in the directory: {', '.join(missing)}.")
+        return files
+    found = sorted(p.name for p in directory.iterdir())
+    raise FileNotFoundError(
+        f"{directory} has no model.safetensors or model.safetensors.index.json "
+        f"(found: {', '.join(found) or 'nothing'}). A Hugging Face model directory needs config.json and "
+        "safetensors weights (.bin pickles are not loaded: they can run code)."
+    )
+
+
+def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """(name, tensor, file) for every tensor, read lazily from memory-mapped files."""
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name), file
+        except SafetensorError as e:
+            raise LoadError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def load_hf_dir(
+    directory: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True
+) -> LlamaModel:
+    """Build a model from a Hugging Face directory, filling it tensor by tensor (one copy of the weights)."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{directory} has no config.json: a Hugging Face model directory needs one.")
+    cfg = LlamaConfig.from_json(config_path)
+    files = safetensors_files(directory)
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor, str]]:
+        for hf, tensor, file in iter_safetensors(files):
+            yield (our_name(hf) or hf), tensor, f"{file.name}:{hf}"
+
+    return fill_model(cfg, tensors(), device, dtype, source=str(directory), progress=progress)

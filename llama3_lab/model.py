@@ -1,0 +1,600 @@
+"""The Llama 3 model: the equations, with a hook point wherever a tensor is born.
+
+One small module per idea, each ``forward`` a few lines that mirror the math:
+
+    RMSNorm    x / sqrt(mean(x²) + eps) · g                 (statistics in float32)
+    Rotary     rotate (q_i, q_{i+d/2}) by angle pos · inv_freq_i  (Hugging Face's rotate_half layout)
+    Attention  softmax(q·kᵀ/√d + causal mask) · v, K/V heads shared by groups of G query heads
+    MLP        down(silu(gate(x)) · up(x))                  (SwiGLU; Meta calls them w1=gate, w3=up, w2=down)
+    Block      h = x + attn(ln1(x));  out = h + mlp(ln2(h))
+    LlamaModel embed → blocks → ln_final → unembed
+
+Hook names follow TransformerLens (``blocks.3.attn.hook_pattern``); see ``model.hook_catalogue()``.
+Shapes use its letters: B batch, P positions, H query heads, K key/value heads, G = H/K, d head dim,
+D d_model, M d_mlp, V vocab, T cached positions.
+
+Speed is part of the design: an unused hook point costs one dictionary check (``_hook``), the fused
+``F.scaled_dot_product_attention`` kernel runs unless someone hooks the attention scores or pattern, and
+the KV cache is preallocated (``kv_cache.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.nn.modules import module as _torch_module
+
+from .config import LlamaConfig
+from .hooks import HookedRootModule, HookPoint
+from .kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _hook(hook: HookPoint, x: torch.Tensor) -> torch.Tensor:
+    """Pass ``x`` through ``hook``, skipping the module call when nothing is attached to it.
+
+    A module call costs ~0.6 µs and a forward reaches ~20 hook points per layer; checking the hook
+    dictionaries costs a tenth of that, so unused hook points are essentially free.
+    """
+    if (
+        hook._forward_hooks
+        or hook._forward_pre_hooks
+        or _torch_module._global_forward_hooks
+        or _torch_module._global_forward_pre_hooks
+    ):
+        return hook(x)
+    return x
+
+
+def _is_hooked(hook: HookPoint) -> bool:
+    """Whether anything would see or change this hook point's tensor."""
+    return bool(
+        hook._forward_hooks
+        or hook._forward_pre_hooks
+        or _torch_module._global_forward_hooks
+        or _torch_module._global_forward_pre_hooks
+    )
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bfloat16 on a GPU (what the weights are trained in), float32 on CPU (CPU bf16 matmuls are slow)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+# --------------------------------------------------------------------------------------------- RMSNorm
+
+
+class RMSNorm(nn.Module):
+    """x / RMS(x) · weight, with RMS(x) = sqrt(mean(x²) + eps) computed in float32.
+
+    The statistics are taken in float32 and the normalized vector cast back to the input dtype
+    before the weight multiplies it (Meta's and Hugging Face's order: it matters in bf16).
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.hook_scale = HookPoint("B P 1", "RMS of the input, sqrt(mean(x²) + eps)", dtype=torch.float32)
+        self.hook_normalized = HookPoint("B P D", "x / RMS, before the norm weight")
+        self.hook_out = HookPoint("B P D", "normalized · weight")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        mean_square = x32.pow(2).mean(-1, keepdim=True) + self.eps
+        if _is_hooked(self.hook_scale):
+            rms = mean_square.sqrt()
+            scale = self.hook_scale(rms)
+            normalized = x32 * torch.rsqrt(mean_square) if scale is rms else x32 / scale
+        else:
+            normalized = x32 * torch.rsqrt(mean_square)
+        normalized = _hook(self.hook_normalized, normalized.to(x.dtype))
+        return _hook(self.hook_out, self.weight * normalized)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+# ---------------------------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
+    """Rotation frequency of each pair of dims, ``theta^(-2i/d)`` [d/2], float32, with Llama 3.1 scaling.
+
+    ``rope_scaling = {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings}``: with wavelength λ = 2π/f, short wavelengths
+    (λ < orig/high) are kept, long ones (λ > orig/low) slowed down by ``factor``, and the band in
+    between interpolated smoothly. Written with the same float32 operations as transformers so both
+    give bit-identical tables.
+    """
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    scaling = cfg.rope_scaling
+    if not scaling:
+        return inv_freq
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return inv_freq
+    if rope_type != "llama3":
+        raise ValueError(
+            f"rope_scaling type {rope_type!r} is not supported: Llama 3 models use 'llama3' (3.1/3.2) "
+            "or none."
+        )
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    original = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    in_between = ~(wavelength < original / high) * ~(wavelength > original / low)
+    return torch.where(in_between, smoothed, scaled)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) → (−x2, x1) on the two halves of the last axis."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B P heads d] by the angles whose cos/sin are given [P d] (Hugging Face layout).
+
+    Dim i is paired with dim i + d/2; the rotation is computed in float32 and cast back, so bf16
+    models lose no precision here.
+    """
+    x32 = x.float()
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [P 1 d]: one angle per position, shared by heads
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def apply_rotary_complex(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Meta's convention, for teaching and tests: dims (2i, 2i+1) form the complex number rotated by e^{iθ}.
+
+    Given weights in Meta's layout this gives the same attention scores as ``apply_rotary`` on weights
+    converted with ``loading.layouts.meta_to_hf_qk``.
+    """
+    angles = torch.outer(positions.float(), inv_freq)  # [P d/2]
+    rotation = torch.polar(torch.ones_like(angles), angles)
+    pairs = torch.view_as_complex(rearrange(x.float(), "... (half two) -> ... half two", two=2).contiguous())
+    rotated = pairs * rotation[:, None, :]  # x [B P heads d]: broadcast over batch and heads
+    return rearrange(torch.view_as_real(rotated), "... half two -> ... (half two)").to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for the positions of one forward, from the cached ``inv_freq`` (float32).
+
+    Tables are computed lazily up to the largest position seen so far (never ``max_position_embeddings``
+    up front) and kept in float32 whatever the model's dtype.
+    """
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        self._cos: torch.Tensor | None = None
+        self._sin: torch.Tensor | None = None
+        self.hook_cos = HookPoint(
+            "P d", "cos of the rotation angle per position and dim", dtype=torch.float32
+        )
+        self.hook_sin = HookPoint(
+            "P d", "sin of the rotation angle per position and dim", dtype=torch.float32
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Rotary:
+        # .to(bf16) would round inv_freq: recompute it in float32 on the new device instead.
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.cfg).to(self.inv_freq.device)
+        self._cos = self._sin = None
+        return self
+
+    def _grow(self, end: int) -> None:
+        size = max(64, 1 << (end - 1).bit_length())
+        positions = torch.arange(size, device=self.inv_freq.device, dtype=torch.float32)
+        freqs = torch.outer(positions, self.inv_freq)  # [T d/2]
+        angles = torch.cat((freqs, freqs), dim=-1)  # [T d]: dim i and i + d/2 share an angle
+        self._cos, self._sin = angles.cos(), angles.sin()
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [P d] (float32) for positions ``start .. start + length - 1``."""
+        end = start + length
+        if self._cos is None or self._cos.shape[0] < end:
+            self._grow(end)
+        cos, sin = self._cos[start:end], self._sin[start:end]
+        return _hook(self.hook_cos, cos), _hook(self.hook_sin, sin)
+
+
+# ------------------------------------------------------------------------------------------- Attention
+
+
+class Attention(nn.Module):
+    """Grouped-query attention: H query heads in K groups of G = H/K, each group sharing one K/V head.
+
+    Two paths share everything but the kernel call: eager (scores and pattern materialised, hookable)
+    and fused (``F.scaled_dot_product_attention``), chosen per forward by ``_use_eager``.
+    """
+
+    def __init__(self, cfg: LlamaConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        )
+        self.group = self.n_heads // self.n_kv_heads
+        self.scale = self.head_dim**-0.5
+        D, H, K, d = cfg.hidden_size, self.n_heads, self.n_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(D, H * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(D, K * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(D, K * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(H * d, D, bias=cfg.attention_bias)
+        self.impl = "sdpa"  # set for the whole model by LlamaModel.attn_impl
+        self.hook_q = HookPoint("B P H d", "queries, before RoPE")
+        self.hook_k = HookPoint("B P K d", "keys, before RoPE (K/V heads not repeated)")
+        self.hook_v = HookPoint("B P K d", "values")
+        self.hook_rot_q = HookPoint("B P H d", "queries after RoPE")
+        self.hook_rot_k = HookPoint("B P K d", "keys after RoPE (what the KV cache stores)")
+        self.hook_attn_scores = HookPoint("B H Pq Pk", "q·k/√d after the causal mask (−inf above it)")
+        self.hook_pattern = HookPoint(
+            "B H Pq Pk", "attention pattern, softmax of the scores (float32 softmax)"
+        )
+        self.hook_z = HookPoint("B P H d", "pattern · v, per head, before o_proj")
+
+    def _use_eager(self) -> bool:
+        return self.impl == "eager" or _is_hooked(self.hook_attn_scores) or _is_hooked(self.hook_pattern)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        B, P, _ = x.shape
+        H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
+        q = _hook(self.hook_q, self.q_proj(x).view(B, P, H, d))  # b p (h d) -> b p h d
+        k = _hook(self.hook_k, self.k_proj(x).view(B, P, K, d))
+        v = _hook(self.hook_v, self.v_proj(x).view(B, P, K, d))
+        rot_q = _hook(self.hook_rot_q, apply_rotary(q, cos, sin))
+        rot_k = _hook(self.hook_rot_k, apply_rotary(k, cos, sin))
+
+        # Attention works head-major: [B K T d] for keys/values (the cache layout), [B H P d] for queries.
+        if cache is None:
+            keys, values = rot_k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            keys, values = cache.write(self.layer, start, rot_k.transpose(1, 2), v.transpose(1, 2))
+        queries = rot_q.transpose(1, 2)
+
+        if self._use_eager():
+            z = self._eager(queries, keys, values, start)
+        else:
+            z = self._fused(queries, keys, values, start)
+        z = _hook(self.hook_z, z)  # [B P H d]
+        return self.o_proj(z.reshape(B, P, H * d))  # b p h d -> b p (h d)
+
+    def _causal_mask(self, P: int, T: int, start: int, device: torch.device) -> torch.Tensor | None:
+        """True where query ``start + i`` may see key ``j`` (j ≤ start + i); None if every key is visible."""
+        if P == 1:
+            return None
+        query_pos = torch.arange(start, start + P, device=device)[:, None]
+        return torch.arange(T, device=device)[None, :] <= query_pos  # [P T]
+
+    def _eager(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        # Group the query heads by the K/V head they share: no copy of K/V per query head.
+        q = rearrange(queries, "b (k g) p d -> b k g p d", k=self.n_kv_heads)
+        scores = torch.einsum("bkgpd,bktd->bkgpt", q, keys) * self.scale
+        mask = self._causal_mask(q.shape[3], keys.shape[2], start, q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        scores = _hook(self.hook_attn_scores, rearrange(scores, "b k g p t -> b (k g) p t"))
+        pattern = scores.softmax(dim=-1, dtype=torch.float32).to(queries.dtype)
+        pattern = _hook(self.hook_pattern, pattern)
+        pattern = rearrange(pattern, "b (k g) p t -> b k g p t", k=self.n_kv_heads)
+        z = torch.einsum("bkgpt,bktd->bpkgd", pattern, values)
+        return rearrange(z, "b p k g d -> b p (k g) d")
+
+    def _fused(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        P, T = queries.shape[2], keys.shape[2]
+        if P == T:  # no earlier positions: the kernel's own (top-left aligned) causal mask is right
+            z = F.scaled_dot_product_attention(queries, keys, values, is_causal=P > 1, enable_gqa=True)
+        else:
+            mask = self._causal_mask(P, T, start, queries.device)
+            z = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, enable_gqa=True)
+        return z.transpose(1, 2)  # b h p d -> b p h d
+
+    def extra_repr(self) -> str:
+        return f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, head_dim={self.head_dim}"
+
+
+# ------------------------------------------------------------------------------------------------- MLP
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) · up(x)). Meta's names: w1 = gate_proj, w3 = up_proj, w2 = down_proj."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        D, M = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(D, M, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(D, M, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(M, D, bias=cfg.mlp_bias)
+        self.hook_pre = HookPoint("B P M", "gate projection, before SiLU")
+        self.hook_pre_linear = HookPoint("B P M", "up projection")
+        self.hook_post = HookPoint("B P M", "silu(gate) · up, the input of down_proj")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = _hook(self.hook_pre, self.gate_proj(x))
+        up = _hook(self.hook_pre_linear, self.up_proj(x))
+        return self.down_proj(_hook(self.hook_post, F.silu(gate) * up))
+
+
+# ----------------------------------------------------------------------------------------------- Block
+
+
+class Block(nn.Module):
+    """One transformer layer: h = x + attn(ln1(x)); out = h + mlp(ln2(h))."""
+
+    def __init__(self, cfg: LlamaConfig, layer: int) -> None:
+        super().__init__()
+        self.hook_resid_pre = HookPoint("B P D", "residual stream into the block")
+        self.ln1 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.hook_attn_out = HookPoint("B P D", "attention output (after o_proj)")
+        self.hook_resid_mid = HookPoint("B P D", "resid_pre + attn_out")
+        self.ln2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+        self.hook_mlp_out = HookPoint("B P D", "MLP output")
+        self.hook_resid_post = HookPoint("B P D", "resid_mid + mlp_out, the residual out of the block")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        resid_pre = _hook(self.hook_resid_pre, x)
+        attn_out = _hook(self.hook_attn_out, self.attn(self.ln1(resid_pre), cos, sin, cache, start))
+        resid_mid = _hook(self.hook_resid_mid, resid_pre + attn_out)
+        mlp_out = _hook(self.hook_mlp_out, self.mlp(self.ln2(resid_mid)))
+        return _hook(self.hook_resid_post, resid_mid + mlp_out)
+
+
+class Unembed(nn.Module):
+    """Logits = x · Wᵀ; W is ``embed.weight`` itself when the embeddings are tied."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.hook_out = HookPoint("B P V", "logits")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _hook(self.hook_out, F.linear(x, self.weight))
+
+
+# ------------------------------------------------------------------------------------------ LlamaModel
+
+
+class HookRow(NamedTuple):
+    name: str
+    shape: str
+    meaning: str
+
+
+class HookCatalogue(list):
+    """``HookRow(name, shape, meaning)`` for every hook point; prints as a table in text and HTML."""
+
+    def to_markdown(self) -> str:
+        lines = ["| name | shape | meaning |", "|---|---|---|"]
+        lines += [f"| `{r.name}` | {r.shape} | {r.meaning} |" for r in self]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        width = max((len(r.name) for r in self), default=4)
+        return "\n".join(f"{r.name:<{width}}  {r.shape:<10}  {r.meaning}" for r in self)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{escape(r.name)}</code></td><td>{escape(r.shape)}</td>"
+            f"<td style='text-align:left'>{escape(r.meaning)}</td></tr>"
+            for r in self
+        )
+        return f"<table><tr><th>name</th><th>shape</th><th>meaning</th></tr>{rows}</table>"
+
+
+class LlamaModel(HookedRootModule):
+    """A Llama 3 decoder: ``model(tokens) -> logits [B P V]`` with a hook point on every intermediate.
+
+    ``attn_impl``: ``"sdpa"`` (default; falls back to eager for a layer whose scores or pattern are
+    hooked) or ``"eager"``. ``tokenizer`` is attached by the loaders (None for a random model).
+    """
+
+    def __init__(self, cfg: LlamaConfig, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.hook_embed = HookPoint("B P D", "token embeddings")
+        self.rope = Rotary(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.num_hidden_layers))
+        self.ln_final = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.unembed = Unembed(cfg)
+        self.tie_weights()
+        self._attn_impl = "sdpa"
+        self.setup_hooks()
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    def tie_weights(self) -> None:
+        """Make ``unembed.weight`` the very tensor ``embed.weight`` when the config ties them."""
+        if self.cfg.tie_word_embeddings:
+            self.unembed.weight = self.embed.weight
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: LlamaConfig,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> LlamaModel:
+        """A randomly initialised model (weights ~ N(0, initializer_range²), norms 1), built in place.
+
+        Like loaded models, its parameters are frozen (``requires_grad=False``: forwards build no
+        autograd graph unless an input asks for one); ``model.requires_grad_(True)`` to train.
+
+        The model is built on the meta device and materialised directly on ``device`` in ``dtype``,
+        so an 8B-shaped model never exists twice. Same seed, device and dtype give the same weights.
+        """
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        with torch.device("meta"):
+            model = cls(cfg)
+        model.to_empty(device=device)
+        model.to(dtype)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("ln1.weight", "ln2.weight", "ln_final.weight")):
+                    param.fill_(1.0)
+                elif name.endswith(".bias"):
+                    param.zero_()
+                else:
+                    param.normal_(0.0, cfg.initializer_range, generator=generator)
+        model.tie_weights()
+        return model.requires_grad_(False).eval()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in the Hugging Face layout and names."""
+        from .loading.hf import save_hf
+
+        save_hf(self, directory)
+
+    # -- properties -----------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def attn_impl(self) -> str:
+        return self._attn_impl
+
+    @attn_impl.setter
+    def attn_impl(self, value: str) -> None:
+        if value not in ("sdpa", "eager"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'eager', not {value!r}.")
+        self._attn_impl = value
+        for block in self.blocks:
+            block.attn.impl = value
+
+    def hook_catalogue(self) -> HookCatalogue:
+        """Every hook point: name, shape (TransformerLens letters) and meaning, in forward order."""
+        return HookCatalogue(HookRow(name, hook.shape, hook.meaning) for name, hook in self.hook_dict.items())
+
+    # -- forward --------------------------------------------------------------------------------------
+
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache | None = None, start_pos: int | None = None
+    ) -> torch.Tensor:
+        """Logits [B P V] for ``tokens`` [B P] (or [P]) placed at positions ``start .. start + P - 1``.
+
+        ``start`` is ``cache.length`` with a cache (whose K/V for these tokens are written and whose
+        length advances by P), else ``start_pos`` or 0.
+        """
+        tokens = self._check_tokens(tokens)
+        start = self._start_position(tokens, cache, start_pos)
+        P = tokens.shape[1]
+        cos, sin = self.rope(start, P)
+        x = _hook(self.hook_embed, self.embed(tokens))
+        for block in self.blocks:
+            x = block(x, cos, sin, cache, start)
+        if cache is not None:
+            cache.length = start + P
+        return self.unembed(self.ln_final(x))
+
+    def _check_tokens(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor):
+            tokens = torch.tensor(tokens, dtype=torch.long)
+        if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise TypeError(f"tokens must be an integer tensor of token ids, got dtype {tokens.dtype}.")
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if tokens.dim() != 2:
+            raise ValueError(
+                f"tokens must have shape [batch, positions] or [positions], got {tuple(tokens.shape)}."
+            )
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens is empty: give at least one token.")
+        lowest, highest = (int(v) for v in torch.aminmax(tokens))
+        if lowest < 0 or highest >= self.cfg.vocab_size:
+            bad = lowest if lowest < 0 else highest
+            raise ValueError(
+                f"token id {bad} is outside this model's vocabulary 0..{self.cfg.vocab_size - 1}: "
+                "was the prompt encoded with another model's tokenizer?"
+            )
+        return tokens.to(self.device)
+
+    def _start_position(self, tokens: torch.Tensor, cache: KVCache | None, start_pos: int | None) -> int:
+        B, P = tokens.shape
+        limit = self.cfg.max_position_embeddings
+        start = start_pos if start_pos is not None else (cache.length if cache is not None else 0)
+        if cache is not None:
+            if start != cache.length:
+                raise ValueError(
+                    f"start_pos={start_pos} but the cache holds {cache.length} positions: new tokens must "
+                    f"follow them (call cache.truncate({start_pos}) first to overwrite the tail)."
+                )
+            if B != cache.batch_size:
+                raise ValueError(
+                    f"the cache was allocated for batch {cache.batch_size}, tokens have batch {B}."
+                )
+            if start + P > cache.max_length:
+                raise ValueError(
+                    f"the cache holds {cache.max_length} positions; {start} are filled and {P} more do not "
+                    "fit. Allocate a larger cache (KVCache.allocate(cfg, max_length=...))."
+                )
+        if start + P > limit:
+            raise ValueError(
+                f"prompt too long for the context: positions {start}..{start + P - 1} ({start + P} tokens) "
+                f"exceed max_position_embeddings = {limit}. Shorten the prompt or start a new cache."
+            )
+        return start
+
+    # -- delegates ------------------------------------------------------------------------------------
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Generate text or tokens; see ``llama3_lab.generation.generate``."""
+        from .generation import generate
+
+        return generate(self, *args, **kwargs)
+
+    def session(self, *args: Any, **kwargs: Any) -> Any:
+        """A stepping generation session; see ``llama3_lab.generation.Session``."""
+        from .generation import session
+
+        return session(self, *args, **kwargs)

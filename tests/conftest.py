@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random Llama configs and models, their transformers twins, the embedded model.
+
+- ``make_config(**overrides)`` / ``make_model(seed=0, dtype=torch.float32, **config_overrides)``: small
+  random models on CPU (GQA 8/2 heads, head_dim 16, 2 layers by default).
+- ``to_transformers(model, attn="eager")``: a ``transformers.LlamaForCausalLM`` with the same weights.
+- ``smollm2`` (session): the embedded SmolLM2-135M-Instruct, float32 on CPU, with its tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from llama3_lab.config import LlamaConfig
+from llama3_lab.model import LlamaModel
+
+TINY = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=64,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+#: Llama 3.1-style scaling squeezed into a tiny context: with head_dim 16 and theta 1e4 the 8 pairs
+#: fall into all three bands (kept, smoothed, divided by ``factor``).
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+
+
+def tiny_config(**overrides: Any) -> LlamaConfig:
+    return LlamaConfig(**{**TINY, **overrides})
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any) -> LlamaModel:
+    return LlamaModel.from_config(tiny_config(**overrides), seed=seed, device="cpu", dtype=dtype)
+
+
+def transformers_twin(model: LlamaModel, attn: str = "eager", dtype: torch.dtype | None = None) -> Any:
+    """``transformers.LlamaForCausalLM`` holding a copy of ``model``'s weights (Hugging Face names)."""
+    import transformers
+
+    from llama3_lab.loading.hf import hf_config_dict, hf_name
+
+    dtype = dtype or model.dtype
+    config = transformers.LlamaConfig(**hf_config_dict(model.cfg))
+    twin = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
+    state = {hf_name(name): p.detach().to(dtype) for name, p in model.named_parameters()}
+    if model.cfg.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = twin.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    return twin.eval()
+
+
+@pytest.fixture
+def make_config() -> Callable[..., LlamaConfig]:
+    return tiny_config
+
+
+@pytest.fixture
+def make_model() -> Callable[..., LlamaModel]:
+    return tiny_model
+
+
+@pytest.fixture
+def to_transformers() -> Callable[..., Any]:
+    return transformers_twin
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LlamaModel:
+    """The embedded SmolLM2-135M-Instruct, float32 on CPU (fetched and converted once, then cached)."""
+    from llama3_lab.loading import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu", dtype=torch.float32, progress=False)
