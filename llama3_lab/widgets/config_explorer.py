@@ -1,0 +1,238 @@
+"""ConfigExplorer: pick a Llama 3 model, slide the sequence length and batch, read what it costs.
+
+Every number comes from :class:`~llama3_lab.config.LlamaConfig` (``parameter_breakdown``, ``weights_bytes``,
+``kv_cache_bytes``, ``activation_bytes``); the explorer only chooses which config and which sizes to ask
+about.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from ..config import LLAMA31_ROPE_SCALING, LlamaConfig
+from ._base import Explorer, figure_png, image_view
+
+_LLAMA3_COMMON: dict[str, Any] = {
+    "vocab_size": 128256,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "bos_token_id": 128000,
+}
+_LLAMA31_CONTEXT = {"max_position_embeddings": 131072, "rope_scaling": dict(LLAMA31_ROPE_SCALING)}
+_LLAMA32_CONTEXT = {
+    "max_position_embeddings": 131072,
+    "rope_scaling": {**LLAMA31_ROPE_SCALING, "factor": 32.0},
+}
+
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    # The published Hugging Face config.json of each model (the fields LlamaConfig models).
+    "Llama 3 8B": {
+        **_LLAMA3_COMMON,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "eos_token_id": 128001,
+    },
+    "Llama 3.1 8B": {
+        **_LLAMA3_COMMON,
+        **_LLAMA31_CONTEXT,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "eos_token_id": 128001,
+    },
+    "Llama 3.1 70B": {
+        **_LLAMA3_COMMON,
+        **_LLAMA31_CONTEXT,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "eos_token_id": 128001,
+    },
+    "Llama 3.2 1B": {
+        **_LLAMA3_COMMON,
+        **_LLAMA32_CONTEXT,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "tie_word_embeddings": True,
+        "eos_token_id": 128001,
+    },
+    "Llama 3.2 3B": {
+        **_LLAMA3_COMMON,
+        **_LLAMA32_CONTEXT,
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "tie_word_embeddings": True,
+        "eos_token_id": 128001,
+    },
+    "SmolLM2-135M": {
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
+}
+"""Configs of the models the explorer offers, by display name."""
+
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
+SEQ_LENGTHS = tuple(2**k for k in range(7, 18))  # 128 .. 131072
+
+
+def known_config(name: str) -> LlamaConfig:
+    """The :class:`LlamaConfig` of a model in :data:`KNOWN_CONFIGS` by display name."""
+    try:
+        return LlamaConfig.from_dict(KNOWN_CONFIGS[name])
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; choose one of {sorted(KNOWN_CONFIGS)}.") from None
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{int(n):,} B"
+
+
+class ConfigExplorer(Explorer):
+    """Model picker plus sequence-length, batch and dtype controls → parameters and memory.
+
+    ``configs`` maps display names to :class:`LlamaConfig` (default: :data:`KNOWN_CONFIGS`). The current
+    figures are in :attr:`numbers` (ints, bytes where the name says so), and shown as a table and, when
+    :mod:`llama3_lab.viz` has it, the ``config_breakdown`` figure.
+    """
+
+    def __init__(
+        self,
+        configs: dict[str, LlamaConfig] | None = None,
+        model: str = "Llama 3 8B",
+        seq_len: int = 8192,
+        batch: int = 1,
+        dtype: str = "bf16",
+    ) -> None:
+        super().__init__()
+        self.configs = configs or {name: known_config(name) for name in KNOWN_CONFIGS}
+        if model not in self.configs:
+            raise KeyError(f"unknown model {model!r}; choose one of {sorted(self.configs)}.")
+        self.model = widgets.Dropdown(options=list(self.configs), value=model, description="model")
+        self.seq_len = widgets.SelectionSlider(
+            options=self._lengths_for(self.configs[model]), description="sequence", continuous_update=False
+        )
+        self.seq_len.value = min(self.seq_len.options, key=lambda n: abs(n - seq_len))
+        self.batch = widgets.IntSlider(
+            value=batch, min=1, max=64, description="batch", continuous_update=False
+        )
+        self.dtype = widgets.ToggleButtons(options=DTYPES, value=dtype, description="dtype")
+        self.dtype.style.button_width = "56px"
+        self.table = widgets.HTML()
+        self.breakdown = image_view()
+        self.numbers: dict[str, int] = {}
+        self._watch(self.seq_len, self.batch, self.dtype)
+        self.model.observe(lambda _change: self._model_changed(), names="value")
+        self.children = [
+            widgets.HBox([self.model, self.dtype]),
+            widgets.HBox([self.seq_len, self.batch]),
+            self.table,
+            self.breakdown,
+            self.status,
+        ]
+        self.redraw()
+
+    @property
+    def config(self) -> LlamaConfig:
+        """The config of the model currently picked."""
+        return self.configs[self.model.value]
+
+    @staticmethod
+    def _lengths_for(cfg: LlamaConfig) -> list[int]:
+        lengths = [n for n in SEQ_LENGTHS if n < cfg.max_position_embeddings]
+        return lengths + [cfg.max_position_embeddings]
+
+    def _model_changed(self) -> None:
+        with self.hold():
+            current = self.seq_len.value
+            self.seq_len.options = self._lengths_for(self.config)
+            self.seq_len.value = min(self.seq_len.options, key=lambda n: abs(n - current))
+
+    def compute(self) -> dict[str, int]:
+        """Parameters and bytes for the current controls, all from the config's own methods."""
+        cfg, T, B, dtype = self.config, self.seq_len.value, self.batch.value, self.dtype.value
+        parts = cfg.parameter_breakdown()
+        activations = cfg.activation_bytes(T, B, dtype)
+        return {
+            "parameters": parts["total"],
+            "embedding_parameters": parts["embedding"] + parts["unembedding"],
+            "layer_parameters": parts["all_layers"],
+            "weights_bytes": cfg.weights_bytes(dtype),
+            "kv_cache_bytes": cfg.kv_cache_bytes(T, B, dtype),
+            "kv_cache_bytes_per_token": cfg.kv_cache_bytes_per_token(dtype),
+            "attention_pattern_bytes": cfg.attention_pattern_bytes(T, B, dtype),
+            "activation_bytes": activations["total"],
+        }
+
+    def _draw(self) -> None:
+        self.numbers = self.compute()
+        self.table.value = self._table_html()
+        self.breakdown.value = figure_png(self.figure())
+
+    def _status_text(self) -> str:
+        return f"{self.model.value}, T={self.seq_len.value:,}, batch {self.batch.value}, {self.dtype.value}"
+
+    def _table_html(self) -> str:
+        n, T, B = self.numbers, self.seq_len.value, self.batch.value
+        rows = [
+            ("parameters", f"{n['parameters']:,}", f"embedding + unembedding {n['embedding_parameters']:,}"),
+            ("weights", _fmt_bytes(n["weights_bytes"]), f"{self.dtype.value}, all parameters once"),
+            (
+                "KV cache",
+                _fmt_bytes(n["kv_cache_bytes"]),
+                f"{_fmt_bytes(n['kv_cache_bytes_per_token'])} per token × {T:,} tokens × batch {B}",
+            ),
+            (
+                "attention patterns",
+                _fmt_bytes(n["attention_pattern_bytes"]),
+                "every layer's [B,H,T,T] pattern",
+            ),
+            ("full activation cache", _fmt_bytes(n["activation_bytes"]), "every hook of one forward"),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(name)}</th>"
+            f"<td style='text-align:right;padding-right:1em'>{html.escape(value)}</td>"
+            f"<td style='color:#555'>{html.escape(note)}</td></tr>"
+            for name, value, note in rows
+        )
+        return f"<table class='llama3-lab-config'>{body}</table>"
+
+    def figure(self) -> Figure:
+        """``viz.config_breakdown`` of the current model and sizes."""
+        from ..viz import config_breakdown
+
+        return config_breakdown(
+            self.config, seq_len=self.seq_len.value, batch=self.batch.value, dtype=self.dtype.value
+        )
