@@ -1,0 +1,67 @@
+"""Interpretability toolkit on top of ``run_with_cache`` and hooks; every function returns tensors
+(figures come from ``llama3_lab.viz``).
+
+- lens: ``logit_lens``, ``accumulated_resid``, ``decompose_resid``, ``apply_final_norm``, ``unembed``
+- attribution: ``direct_logit_attribution``, ``head_logit_attribution``, ``head_outputs``, ``logit_direction``
+- patching: ``patch_resid``, ``patch_head_z``, ``logit_diff_metric``
+- ablation: ``ablate_heads``, ``ablate_mlps``, ``head_ablation_hooks``, ``mlp_ablation_hooks``,
+  ``mean_activations``
+- steering: ``steering``, ``steering_hook``, ``steering_vector``
+- heads: ``previous_token_scores``, ``induction_scores``, ``induction_head_scores``,
+  ``attention_sink_scores``, ``attention_entropy``, ``repeated_random_tokens``
+- tables: ``top_k_tokens``
+"""
+
+from __future__ import annotations
+
+from .ablation import (
+    ablate_heads,
+    ablate_mlps,
+    head_ablation_hooks,
+    mean_activations,
+    mlp_ablation_hooks,
+)
+from .attribution import direct_logit_attribution, head_logit_attribution, head_outputs, logit_direction
+from .heads import (
+    attention_entropy,
+    attention_sink_scores,
+    induction_head_scores,
+    induction_scores,
+    previous_token_scores,
+    repeated_random_tokens,
+)
+from .lens import accumulated_resid, apply_final_norm, decompose_resid, logit_lens, unembed
+from .patching import logit_diff_metric, patch_head_z, patch_resid
+from .steering import steering, steering_hook, steering_vector
+from .tables import TopTokens, top_k_tokens
+
+__all__ = [
+    "TopTokens",
+    "ablate_heads",
+    "ablate_mlps",
+    "accumulated_resid",
+    "apply_final_norm",
+    "attention_entropy",
+    "attention_sink_scores",
+    "decompose_resid",
+    "direct_logit_attribution",
+    "head_ablation_hooks",
+    "head_logit_attribution",
+    "head_outputs",
+    "induction_head_scores",
+    "induction_scores",
+    "logit_diff_metric",
+    "logit_direction",
+    "logit_lens",
+    "mean_activations",
+    "mlp_ablation_hooks",
+    "patch_head_z",
+    "patch_resid",
+    "previous_token_scores",
+    "repeated_random_tokens",
+    "steering",
+    "steering_hook",
+    "steering_vector",
+    "top_k_tokens",
+    "unembed",
+]
