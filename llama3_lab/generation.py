@@ -555,6 +555,7 @@ class Session:
         stop: int | str | Iterable[int | str] | None = None,
         record_top_k: int = 10,
         prepend_bos: bool = True,
+        max_length: int | None = None,
     ) -> None:
         check_sampling(temperature, top_p, top_k)
         self.model = model
@@ -574,7 +575,8 @@ class Session:
         self._rng_states: list[torch.Tensor] = []  # generator state before each step, for rewind
         self.generator = make_generator(seed, model.device)
         limit = model.cfg.max_position_embeddings
-        self.cache = KVCache.allocate(model, 1, max_length=min(limit, len(self.tokens) + 256))
+        capacity = max_length or len(self.tokens) + 256  # grows (doubling) when the steps outrun it
+        self.cache = KVCache.allocate(model, 1, max_length=min(limit, max(capacity, len(self.tokens))))
         if len(self.tokens) > 1:  # everything but the last token; each step then feeds one token
             with torch.no_grad():
                 model(torch.tensor([self.tokens[:-1]], device=model.device), cache=self.cache)

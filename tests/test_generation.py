@@ -7,7 +7,10 @@ import torch
 
 from llama3_lab.generation import (
     GenerationError,
+    Session,
     check_sampling,
+    generate,
+    generate_tokens,
     make_generator,
     sample_next,
     sampling_probs,
@@ -100,3 +103,154 @@ def test_bad_sampling_arguments_raise_clear_errors(kwargs: dict, message: str) -
         check_sampling(**kwargs)
     with pytest.raises(GenerationError):
         sample_next(torch.zeros(5), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding on tiny random models
+# ---------------------------------------------------------------------------------------------
+
+PROMPT = [1, 5, 17, 42, 8, 33]
+
+
+def test_greedy_with_cache_equals_greedy_recomputation(make_model) -> None:
+    model = make_model(seed=3)
+    session = Session(model, PROMPT, temperature=0)
+    records = session.step(20)
+    tokens = list(PROMPT)
+    for record in records:
+        with torch.no_grad():
+            full_logits = model(torch.tensor([tokens]))[0, -1]  # the whole sequence, no cache
+        assert record.token_id == int(full_logits.argmax())
+        torch.testing.assert_close(record.logits, full_logits, atol=1e-5, rtol=0)
+        tokens.append(record.token_id)
+    assert session.tokens == tokens
+    assert list(generate_tokens(model, PROMPT, 20, temperature=0)) == tokens[len(PROMPT) :]
+
+
+def test_tiny_temperature_equals_greedy_and_seeds_reproduce(make_model) -> None:
+    model = make_model(seed=4)
+    greedy = list(generate_tokens(model, PROMPT, 15, temperature=0))
+    cold = list(generate_tokens(model, PROMPT, 15, temperature=1e-6, generator=make_generator(0)))
+    assert cold == greedy
+    runs = [list(generate_tokens(model, PROMPT, 15, 1.0, 1.0, None, make_generator(s))) for s in (11, 11, 12)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_stop_tokens_end_generation(make_model) -> None:
+    model = make_model(seed=5, eos_token_id=None)
+    greedy = list(generate_tokens(model, PROMPT, 12, temperature=0))
+    stop = greedy[4]
+    first = greedy.index(stop)
+    assert list(generate_tokens(model, PROMPT, 12, temperature=0, stop_ids={stop})) == greedy[: first + 1]
+    session = Session(model, PROMPT, temperature=0, stop=stop)
+    records = session.step(12)
+    assert [r.token_id for r in records] == greedy[: first + 1] and session.done
+    with pytest.raises(GenerationError, match="rewind"):
+        session.step()
+
+
+def test_rewind_then_step_reproduces_the_records(make_model) -> None:
+    model = make_model(seed=6)
+    session = Session(model, PROMPT, temperature=1.0, top_p=0.95, seed=123)
+    first = session.step(8)
+    session.rewind(5)
+    assert session.tokens == PROMPT + [r.token_id for r in first[:3]]
+    assert session.cache.length == len(session.tokens) - 1
+    again = session.step(5)
+    for a, b in zip(first[3:], again):
+        assert (a.position, a.token_id, a.prob, a.entropy) == (b.position, b.token_id, b.prob, b.entropy)
+        assert torch.equal(a.attention, b.attention) and torch.equal(a.logits, b.logits)
+    with pytest.raises(GenerationError, match="can rewind between 0 and 8"):
+        session.rewind(9)
+
+
+def test_forks_are_independent(make_model) -> None:
+    model = make_model(seed=7)
+    parent = Session(model, PROMPT, temperature=0.8, seed=1)
+    parent.step(3)
+    child = parent.fork()
+    snapshot = [t.clone() for t in parent.cache.keys]
+    child.force(60)
+    child.step(4)
+    assert parent.tokens == child.tokens[: len(parent.tokens)] and len(parent.history) == 3
+    assert all(
+        torch.equal(a[:, :, : parent.cache.length], b[:, :, : parent.cache.length])
+        for a, b in zip(parent.cache.keys, snapshot)
+    )
+    assert child.cache.keys[0].data_ptr() != parent.cache.keys[0].data_ptr()
+    # both continue from the same random state: stepping the parent gives what an untouched fork gives
+    twin = parent.fork()
+    assert [r.token_id for r in parent.step(4)] == [r.token_id for r in twin.step(4)]
+
+
+def test_force_records_the_chosen_token(make_model) -> None:
+    model = make_model(seed=8)
+    session = Session(model, PROMPT, temperature=0)
+    record = session.force(77)
+    assert record.forced and record.token_id == 77 and session.tokens[-1] == 77
+    torch.testing.assert_close(torch.tensor(record.prob), record.logits.softmax(-1)[77])
+    with pytest.raises(GenerationError, match="token id in 0..96"):
+        session.force(97)
+
+
+def test_step_record_matches_a_full_forward_with_cache(make_model) -> None:
+    model = make_model(seed=9)
+    session = Session(model, PROMPT, temperature=0)
+    session.step(3)
+    record = session.step()
+    context = torch.tensor([session.tokens[:-1]])
+    logits, cache = model.run_with_cache(context)
+    n_layers, n_heads = model.cfg.num_hidden_layers, model.cfg.num_attention_heads
+    assert record.position == len(session.tokens) - 1
+    assert record.attention.shape == (n_layers, n_heads, record.position)
+    for layer in range(n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, -1]
+        torch.testing.assert_close(record.attention[layer], pattern, atol=1e-6, rtol=0)
+        resid = cache[f"blocks.{layer}.hook_resid_post"][0, -1]
+        torch.testing.assert_close(record.resid_norms[layer], resid.norm(), atol=1e-5, rtol=1e-5)
+        lens = torch.nn.functional.linear(model.ln_final(resid), model.unembed.weight)
+        assert record.logit_lens.ids[layer] == int(lens.argmax())
+    assert record.logit_lens.ids[-1] == record.token_id  # the last layer's lens is the model's own output
+    probs = logits[0, -1].softmax(-1)
+    torch.testing.assert_close(torch.tensor(record.entropy), -(probs * probs.log()).sum(), atol=1e-5, rtol=0)
+    assert record.top_k.ids == probs.topk(10).indices.tolist() and record.top_k.ids[0] == record.token_id
+    torch.testing.assert_close(record.attention.sum(-1), torch.ones(n_layers, n_heads))
+
+
+def test_steering_hooks_act_during_steps(make_model) -> None:
+    model = make_model(seed=10)
+    plain = Session(model, PROMPT, temperature=0).step()
+    direction = model.unembed.weight[50] - model.unembed.weight[plain.token_id]
+
+    def steer(resid: torch.Tensor, hook) -> torch.Tensor:
+        return resid + 20 * direction
+
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):
+        steered = Session(model, PROMPT, temperature=0).step()
+    assert plain.token_id != 50 and steered.token_id == 50
+
+
+def test_session_cache_grows_past_its_first_allocation(make_model) -> None:
+    model = make_model(seed=11)
+    session = Session(model, PROMPT, temperature=0, max_length=8)
+    records = session.step(20)  # more positions than the first allocation holds
+    assert session.cache.max_length == 32
+    assert [r.token_id for r in records] == list(generate_tokens(model, PROMPT, 20, temperature=0))
+
+
+def test_length_and_prompt_errors(make_model) -> None:
+    model = make_model()  # max_position_embeddings 64
+    with pytest.raises(
+        GenerationError, match=r"6 tokens and max_new_tokens=59: 65 positions exceed .* 64.*at most 58"
+    ):
+        list(generate_tokens(model, PROMPT, 59))
+    with pytest.raises(GenerationError, match="max_new_tokens must be an int >= 0"):
+        list(generate_tokens(model, PROMPT, -1))
+    assert list(generate_tokens(model, PROMPT, 0)) == []
+    for empty in ([], "", torch.tensor([], dtype=torch.long)):
+        with pytest.raises(GenerationError, match="the prompt is empty"):
+            Session(model, empty)
+    with pytest.raises(GenerationError, match="no tokenizer"):
+        generate(model, PROMPT)
+    with pytest.raises(GenerationError, match="temperature"):
+        Session(model, PROMPT, temperature=-1)
