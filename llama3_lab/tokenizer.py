@@ -352,7 +352,8 @@ class GGUFByteBPETokenizer(Tokenizer):
         pre = _field(reader, "tokenizer.ggml.pre", "gpt-2")
         if pre not in GGUF_PRE_PATTERNS:
             raise TokenizerError(
-                f"{source}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; known: {sorted(GGUF_PRE_PATTERNS)}. "
+                f"{source}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; "
+                f"known: {sorted(GGUF_PRE_PATTERNS)}. "
                 "Add its split pattern to GGUF_PRE_PATTERNS in llama3_lab/tokenizer.py."
             )
         tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
@@ -443,7 +444,7 @@ class GGUFByteBPETokenizer(Tokenizer):
                 f"{(self.chat_template or 'missing')[:80]!r}."
             )
         start, end = self.special_tokens["<|im_start|>"], self.special_tokens["<|im_end|>"]
-        if self.default_system_prompt is not None and (not messages or messages[0]["role"] != "system"):
+        if self.default_system_prompt is not None and messages and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.default_system_prompt}, *messages]
         segments: list[int | str] = []
         for message in messages:
