@@ -416,6 +416,8 @@ class GGUFByteBPETokenizer(Tokenizer):
 
     def _encode_dropping_untokenizable(self, text: str, allowed: set[str] | Literal["all"]) -> list[int]:
         """Hugging Face's behaviour: split into pieces, drop bytes without a token, BPE the rest."""
+        # Lone surrogates become U+FFFD, as tiktoken does on the fast path.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         if allowed == "all":
             allowed = set(self.special_tokens)
         parts = [text]
