@@ -654,9 +654,10 @@ class LlamaConfig:
     def activation_bytes(self, seq_len: int, batch: int = 1, dtype: Any = "bf16") -> dict[str, int]:
         """Estimated bytes of caching every hook of a forward over ``batch × seq_len`` tokens, by hook name.
 
-        Per-layer hooks are summed over layers under ``blocks.*.<name>``; ``total`` is the sum. Norm scales
-        and RoPE tables are float32, everything else ``dtype``. The two [B, H, T, T] hooks (attention scores
-        and pattern) grow with T² and dominate past a few hundred tokens: estimate before capturing.
+        The hook names are LlamaModel's; per-layer hooks are summed over layers under ``blocks.*.<name>``;
+        ``total`` is the sum. Norm scales and RoPE tables are float32, everything else ``dtype`` (a model
+        cast to ``dtype``). The two [B, H, T, T] hooks (attention scores and pattern) grow with T² and
+        dominate past a few hundred tokens: estimate before capturing.
         """
         D, M, V, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
         H, Kd, Hd, d = self.num_attention_heads, self.kv_width, self.q_width, self.head_dim
@@ -665,6 +666,7 @@ class LlamaConfig:
             "hook_resid_pre": BT * D * n,
             "ln1.hook_scale": BT * f32,
             "ln1.hook_normalized": BT * D * n,
+            "ln1.hook_out": BT * D * n,
             "attn.hook_q": BT * Hd * n,
             "attn.hook_k": BT * Kd * n,
             "attn.hook_v": BT * Kd * n,
@@ -677,6 +679,7 @@ class LlamaConfig:
             "hook_resid_mid": BT * D * n,
             "ln2.hook_scale": BT * f32,
             "ln2.hook_normalized": BT * D * n,
+            "ln2.hook_out": BT * D * n,
             "mlp.hook_pre": BT * M * n,
             "mlp.hook_pre_linear": BT * M * n,
             "mlp.hook_post": BT * M * n,
@@ -690,6 +693,7 @@ class LlamaConfig:
             **{f"blocks.*.{name}": L * size for name, size in per_layer.items()},
             "ln_final.hook_scale": BT * f32,
             "ln_final.hook_normalized": BT * D * n,
+            "ln_final.hook_out": BT * D * n,
             "unembed.hook_out": BT * V * n,
         }
         estimate["total"] = sum(estimate.values())
