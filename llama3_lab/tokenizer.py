@@ -136,7 +136,8 @@ class Tokenizer:
         """Token ids of ``text``.
 
         Special-token text (e.g. ``"<|eot_id|>"``) is encoded as plain text unless ``allowed_special``
-        names it (or is ``"all"``): user input can never smuggle in a control token by accident.
+        names it (a name, a collection of names, or ``"all"``): user input cannot smuggle in a control
+        token by accident. ``bos``/``eos`` add ``bos_id``/``eos_id`` around the ids.
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}.")

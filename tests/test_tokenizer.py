@@ -390,6 +390,8 @@ def test_smollm_bytes_without_a_token_are_dropped_like_hugging_face(
         assert smollm.encode(text) == expected, text
         assert _hf_ids(hf_smollm, [text])[0] == expected, text
     assert smollm.decode(smollm.encode("a\x04b")) == "ab"
+    # Both paths turn a lone surrogate into U+FFFD.
+    assert smollm.encode("\ud800\x04a") == smollm.encode("\ud800a") == smollm.encode("\ufffda")
     # The slow path keeps special tokens when they are allowed.
     text = "x\x06<|im_end|>y"
     assert smollm.encode(text, allowed_special="all") == [104, 2, 105]
