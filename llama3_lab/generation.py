@@ -523,9 +523,15 @@ def _display_strings(tokenizer: Tokenizer | None, ids: list[int]) -> list[str]:
 
 
 def _logit_lens(model: LlamaModel, resid: torch.Tensor) -> LogitLens:
-    """Top-1 token per layer of ``resid [L, D]``: final norm (each row its own RMS), then unembedding."""
+    """Top-1 token per layer of ``resid [L, D]``: final norm (each row its own RMS), then unembedding.
+
+    The unembedding is applied as a plain matrix product, not through ``model.unembed``, so a user's
+    hook on ``unembed.hook_out`` (which expects ``[B, P, V]`` logits) never sees the lens.
+    """
+    from .analysis.lens import apply_final_norm
+
     with torch.no_grad():
-        logits = F.linear(model.ln_final(resid), model.unembed.weight)
+        logits = F.linear(apply_final_norm(model, resid), model.unembed.weight)
     ids = logits.argmax(dim=-1).tolist()
     return LogitLens(ids, _display_strings(getattr(model, "tokenizer", None), ids))
 
@@ -761,3 +767,10 @@ class Session:
 def session(model: LlamaModel, prompt: Prompt, **kwargs: Any) -> Session:
     """``Session(model, prompt, **kwargs)``; what ``model.session(...)`` calls."""
     return Session(model, prompt, **kwargs)
+
+
+def add_cli_commands(subparsers: Any) -> None:
+    """The ``generate`` and ``chat`` subcommands of ``llama3-lab`` (see ``cli_generate.py``)."""
+    from .cli_generate import add_cli_commands as add
+
+    add(subparsers)

@@ -1,0 +1,137 @@
+"""``llama3-lab generate`` and ``llama3-lab chat``: text generation from the terminal, streamed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def _add_model_and_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name, checkpoint directory or .gguf (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: float32 on CPU)")
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass, 1 = off (default 0.9)")
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="keep the k most probable tokens (default off)"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="(default 256)")
+
+
+def add_cli_commands(subparsers: Any) -> None:
+    """Register ``generate`` and ``chat`` on the ``llama3-lab`` argument parser."""
+    p = subparsers.add_parser("generate", help="continue a prompt, streaming the text")
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (read from stdin when omitted)")
+    p.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
+    )
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    _add_model_and_sampling(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = subparsers.add_parser(
+        "chat", help="talk with the model; /reset forgets the conversation, /exit ends it"
+    )
+    p.add_argument("--system", default=None, help="system message for the conversation")
+    _add_model_and_sampling(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from . import loading
+
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    return loading.load_model(args.model, device=args.device, dtype=args.dtype, progress=False)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+
+
+def _stream(model: Any, prompt: Any, sampling: dict[str, Any], out: TextIO) -> str:
+    from .generation import generate
+
+    stream = generate(model, prompt, stream=True, **sampling)
+    for piece in stream:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return stream.text
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import GenerationError, check_sampling
+
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    try:
+        check_sampling(args.temperature, args.top_p, args.top_k)
+    except GenerationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model = _load(args)
+    if args.chat:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompt = [*system, {"role": "user", "content": prompt}]
+    try:
+        _stream(model, prompt, _sampling(args), sys.stdout)
+    except GenerationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .generation import GenerationError, check_sampling
+
+    try:
+        check_sampling(args.temperature, args.top_p, args.top_k)
+    except GenerationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    model = _load(args)
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(start)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(
+            "chat with the model: /reset forgets the conversation, /exit (or Ctrl-D) ends it", file=sys.stderr
+        )
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # EOF
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            messages = list(start)
+            print("(conversation reset)", file=sys.stderr, flush=True)
+            continue
+        messages.append({"role": "user", "content": text})
+        try:
+            reply = _stream(model, messages, _sampling(args), sys.stdout)
+        except GenerationError as error:
+            messages.pop()
+            print(f"error: {error} (/reset starts a new conversation)", file=sys.stderr, flush=True)
+            continue
+        messages.append({"role": "assistant", "content": reply})
+    return 0
