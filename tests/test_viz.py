@@ -419,3 +419,9 @@ def test_rope_figures_accept_the_llama31_config():
     fig = viz.rope_frequencies(sources={"3.0": rope_config(5e5), "3.1": cfg})
     scaled = fig.axes[0].get_lines()[1].get_ydata()
     assert scaled[-1] == pytest.approx(5e5 ** (-126 / 128) / 8, rel=1e-5)
+
+
+def test_figures_render_themselves_in_notebooks_without_pyplot():
+    fig = viz.topk_bars([" a", " b"], [0.7, 0.3])
+    png = fig._repr_png_()  # what IPython shows when the inline backend has not registered Figure yet
+    assert png.startswith(b"\x89PNG") and 2_000 < len(png) < 60_000

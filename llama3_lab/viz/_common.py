@@ -2,9 +2,9 @@
 
 Every figure function in ``llama3_lab.viz`` follows the same rules, kept here so they hold everywhere:
 
-- Figures are built with the object-oriented API (``matplotlib.figure.Figure``), never through pyplot, so
-  nothing is left in pyplot's registry: a notebook shows each returned figure exactly once and memory does
-  not grow across redraws.
+- Figures are built with the object-oriented API (:class:`LabFigure`, a ``matplotlib.figure.Figure``),
+  never through pyplot, so nothing is left in pyplot's registry: a notebook shows each returned figure
+  exactly once (even if pyplot was never imported) and memory does not grow across redraws.
 - Token strings are shown with their whitespace made visible (``" the"`` → ``"␣the"``, ``"\\n"`` → ``"⏎"``)
   and with ``$`` escaped, so matplotlib never reads a token as mathtext.
 - Long axes of tokens are thinned to what fits, with the position written beside each shown token.
@@ -12,6 +12,7 @@ Every figure function in ``llama3_lab.viz`` follows the same rules, kept here so
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,13 +40,18 @@ _VISIBLE_CHARS = {
 
 
 def to_numpy(x: Any, *, name: str = "array") -> np.ndarray:
-    """A float64 NumPy copy of a tensor or array (torch tensors are detached and moved to the CPU first).
+    """A floating-point NumPy array of a tensor or array (torch tensors are detached and moved to the CPU).
 
-    bfloat16 has no NumPy dtype, so torch tensors are upcast to float32 before conversion.
+    float32 stays float32 (plenty for a picture, and half the memory of a 2,048² pattern stack); bfloat16
+    and float16 become float32 (bfloat16 has no NumPy dtype); anything else becomes float64.
     """
     if hasattr(x, "detach"):  # a torch.Tensor, without importing torch here
-        x = x.detach().float().cpu().numpy()
+        x = x.detach().cpu()
+        x = (x if x.dtype.is_floating_point and x.dtype.itemsize >= 4 else x.float()).numpy()
     try:
+        array = np.asarray(x)
+        if array.dtype in (np.float32, np.float64):
+            return array
         return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise TypeError(
@@ -67,19 +73,33 @@ def squeeze_to(x: Any, ndim: int, *, name: str, shape_doc: str) -> np.ndarray:
     return arr
 
 
+class LabFigure(Figure):
+    """A plain matplotlib Figure that also shows itself in notebooks when pyplot was never imported.
+
+    Jupyter's inline backend registers its PNG display for ``Figure`` only once pyplot has loaded a
+    backend; until then a bare Figure would print as ``<Figure size ...>``. ``_repr_png_`` covers that
+    case, and when the inline formatter is registered IPython uses it instead: one image either way.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")
+        return buffer.getvalue()
+
+
 def new_figure(
     ax: Axes | None, figsize: tuple[float, float], *, dpi: int = DEFAULT_DPI
 ) -> tuple[Figure, Axes]:
     """The figure to draw on: ``ax``'s own figure when given, else a fresh pyplot-free one."""
     if ax is not None:
         return root_figure(ax), ax
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    fig = LabFigure(figsize=figsize, dpi=dpi, layout="constrained")
     return fig, fig.add_subplot()
 
 
 def bare_figure(figsize: tuple[float, float], *, dpi: int = DEFAULT_DPI) -> Figure:
     """A fresh pyplot-free figure with constrained layout."""
-    return Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    return LabFigure(figsize=figsize, dpi=dpi, layout="constrained")
 
 
 def colormap(cmap: str | Colormap, *, bad: str = MASKED_COLOR) -> Colormap:

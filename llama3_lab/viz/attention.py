@@ -18,8 +18,9 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 
 from ._common import (
+    DEFAULT_DPI,
     SEQUENTIAL_CMAP,
-    bare_figure,
+    LabFigure,
     colormap,
     new_figure,
     parse_window,
@@ -73,19 +74,24 @@ def downsample_pattern(pattern: Any, max_size: int = 512, *, reduce: Reduce = "m
     block = max(1, math.ceil(max(n_q, n_k) / max_size))
     if block == 1:
         return PooledPattern(values, 1)
-    rows, cols = math.ceil(n_q / block), math.ceil(n_k / block)
-    padded = np.ma.masked_all((rows * block, cols * block), dtype=values.dtype)
-    padded[:n_q, :n_k] = values
-    blocks = padded.reshape(rows, block, cols, block)
-    if reduce == "max":
-        pooled = blocks.max(axis=(1, 3))
-    elif reduce == "mean":
-        pooled = blocks.mean(axis=(1, 3))
-    elif reduce == "sum":
-        pooled = blocks.sum(axis=3).mean(axis=1)
-    else:
+    if reduce not in ("max", "mean", "sum"):
         raise ValueError(f"reduce must be 'max', 'mean' or 'sum'; got {reduce!r}.")
-    return PooledPattern(np.ma.masked_array(pooled, mask=np.ma.getmaskarray(pooled)), block)
+    rows, cols = math.ceil(n_q / block), math.ceil(n_k / block)
+    # Plain arrays (masked-array reductions are ~10x slower): padding counts as masked.
+    visible = np.zeros((rows * block, cols * block), dtype=bool)
+    visible[:n_q, :n_k] = ~np.ma.getmaskarray(values)
+    data = np.zeros(visible.shape, dtype=values.dtype)
+    data[:n_q, :n_k] = values.filled(0.0)
+    shape = (rows, block, cols, block)
+    counts = visible.reshape(shape).sum(axis=(1, 3))
+    if reduce == "max":
+        pooled = np.where(visible, data, -np.inf).reshape(shape).max(axis=(1, 3))
+    elif reduce == "mean":
+        pooled = data.reshape(shape).sum(axis=(1, 3)) / np.maximum(counts, 1)
+    else:  # sum over keys, mean over the queries that exist
+        query_counts = visible.reshape(shape).any(axis=3).sum(axis=1)
+        pooled = data.reshape(shape).sum(axis=(1, 3)) / np.maximum(query_counts, 1)
+    return PooledPattern(np.ma.masked_array(pooled, mask=counts == 0), block)
 
 
 def _windowed(
@@ -225,7 +231,7 @@ def attention_heads_grid(
     reduce: Reduce = "max",
     cmap: str | Colormap = SEQUENTIAL_CMAP,
     vmax: float | None = None,
-    panel_size: float = 1.5,
+    panel_size: float | None = None,
 ) -> Figure:
     """All heads of one layer, ``patterns [H, Pq, Pk]``, as a compact grid with ONE shared colour scale.
 
@@ -242,14 +248,35 @@ def attention_heads_grid(
     cmap_obj = colormap(cmap)
 
     if axes is None:
+        panel_size = panel_size or (1.5 if n_heads <= 16 else 1.1)  # inches; 32 heads stay one screen
         ncols = ncols or math.ceil(math.sqrt(n_heads))
         nrows = math.ceil(n_heads / ncols)
-        fig = bare_figure((panel_size * ncols + 1.0, panel_size * nrows + 0.6))
-        grid = fig.subplots(nrows, ncols, squeeze=False)
+        # A fixed layout (margins in inches) instead of constrained layout: with 32 panels the layout
+        # solver would take as long as the drawing itself, and widgets redraw often.
+        left, right, bottom, top = 0.85, 0.95, 0.8, 0.3 + (0.25 if title else 0.0)
+        width, height = panel_size * ncols + left + right, (panel_size + 0.18) * nrows + bottom + top
+        fig = LabFigure(figsize=(width, height), dpi=DEFAULT_DPI)
+        grid = fig.subplots(
+            nrows,
+            ncols,
+            squeeze=False,
+            gridspec_kw=dict(
+                left=left / width,
+                right=1 - right / width,
+                bottom=bottom / height,
+                top=1 - top / height,
+                wspace=0.08,
+                hspace=0.18 / panel_size + 0.05,
+            ),
+        )
         panel_axes = list(grid.ravel())
         for extra in panel_axes[n_heads:]:
             extra.set_axis_off()
+        colorbar_ax = fig.add_axes(
+            (1 - (right - 0.2) / width, bottom / height, 0.12 / width, 1 - (bottom + top) / height)
+        )
     else:
+        colorbar_ax = None
         panel_axes = list(axes)
         if len(panel_axes) < n_heads:
             raise ValueError(f"axes has {len(panel_axes)} Axes but patterns has {n_heads} heads.")
@@ -281,10 +308,13 @@ def attention_heads_grid(
         )
         ax.set_title(head_labels[h] if head_labels is not None else f"head {h}", fontsize=7, pad=2)
         ax.tick_params(length=2, pad=1)
-    used = panel_axes[:n_heads]
-    fig.colorbar(image, ax=used, label="attention probability" + suffix, shrink=0.8)
+    label = "attention probability" + suffix
+    if colorbar_ax is not None:
+        fig.colorbar(image, cax=colorbar_ax, label=label)
+    else:
+        fig.colorbar(image, ax=panel_axes[:n_heads], label=label, shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / fig.get_size_inches()[1])
     return fig
 
 
