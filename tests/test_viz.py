@@ -23,10 +23,13 @@ from matplotlib.colors import LogNorm, to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from llama3_lab import viz  # noqa: E402
-from llama3_lab.config import LlamaConfig  # noqa: E402
+from llama3_lab.config import (
+    LLAMA31_ROPE_SCALING,
+    LlamaConfig,  # noqa: E402
+)
 from llama3_lab.model import Rotary  # noqa: E402
 from llama3_lab.viz._common import MASKED_COLOR  # noqa: E402
-from llama3_lab.viz.rope import LLAMA31_ROPE_SCALING, rope_config  # noqa: E402
+from llama3_lab.viz.rope import rope_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = ["<|begin_of_text|>", "The", " cat", " sat", "\n", " on", " the", " $5", " mat", "."]

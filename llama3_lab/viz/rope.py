@@ -20,7 +20,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..config import LlamaConfig
+from ..config import LLAMA31_ROPE_SCALING, LlamaConfig
 from ._common import (
     DIVERGING_CMAP,
     SEQUENTIAL_CMAP,
@@ -34,15 +34,6 @@ from ._common import (
 
 RopeSource = LlamaConfig | np.ndarray | Any
 """A LlamaConfig, or inverse frequencies [d/2] as a NumPy array or torch tensor."""
-
-LLAMA31_ROPE_SCALING = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
-"""Llama 3.1's ``rope_scaling`` (8B/70B/405B); Llama 3.2 1B/3B use the same with factor 32."""
 
 
 def rope_config(theta: float, head_dim: int = 128, rope_scaling: dict[str, Any] | None = None) -> LlamaConfig:
