@@ -4,6 +4,7 @@ Synthetic attention patterns are real softmaxes of random scores under a causal 
 the real Llama 3 / 3.1 numbers (REFERENCE §2-3) and are checked against an independent NumPy formula.
 """
 
+# ruff: noqa: E402  (the Agg backend is chosen before pyplot is imported)
 from __future__ import annotations
 
 import io
@@ -15,21 +16,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import LogNorm, to_rgba  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import LogNorm, to_rgba
+from matplotlib.figure import Figure
 
-from llama3_lab import viz  # noqa: E402
-from llama3_lab.config import (
-    LLAMA31_ROPE_SCALING,
-    LlamaConfig,  # noqa: E402
-)
-from llama3_lab.model import Rotary  # noqa: E402
-from llama3_lab.viz._common import MASKED_COLOR  # noqa: E402
-from llama3_lab.viz.rope import rope_config  # noqa: E402
+from llama3_lab import viz
+from llama3_lab.config import LLAMA31_ROPE_SCALING, LlamaConfig
+from llama3_lab.model import Rotary
+from llama3_lab.viz._common import MASKED_COLOR
+from llama3_lab.viz.rope import rope_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = ["<|begin_of_text|>", "The", " cat", " sat", "\n", " on", " the", " $5", " mat", "."]
@@ -147,7 +145,7 @@ def test_heads_grid_shares_one_colour_scale_and_one_colourbar():
 
 def test_heads_grid_png_of_9_heads_by_32_tokens_stays_small():
     tokens = [f" tok{i}" for i in range(32)]
-    size, seconds = png_bytes(viz.attention_heads_grid(causal_patterns(9, 32), tokens))
+    size, _ = png_bytes(viz.attention_heads_grid(causal_patterns(9, 32), tokens))
     assert size < 150_000, f"{size} bytes"
 
 
