@@ -14,6 +14,8 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from ..config import LLAMA31_ROPE_SCALING, LlamaConfig
+from ..viz import config_breakdown
+from ..viz._common import bare_figure
 from ._base import Explorer, figure_png, image_view
 
 _LLAMA3_COMMON: dict[str, Any] = {
@@ -230,9 +232,19 @@ class ConfigExplorer(Explorer):
         return f"<table class='llama3-lab-config'>{body}</table>"
 
     def figure(self) -> Figure:
-        """``viz.config_breakdown`` of the current model and sizes."""
-        from ..viz import config_breakdown
-
-        return config_breakdown(
-            self.config, seq_len=self.seq_len.value, batch=self.batch.value, dtype=self.dtype.value
+        """``viz.config_breakdown`` of the current model and dtype, the chosen sequence length marked."""
+        fig = bare_figure((9.0, 3.4))
+        param_ax, memory_ax = fig.subplots(1, 2, width_ratios=(1, 1.2))
+        config_breakdown(
+            self.config, axes=(param_ax, memory_ax), dtype=self.dtype.value, title=self.model.value
         )
+        memory_ax.axvline(self.seq_len.value, color="#c44e52", linewidth=1.2, linestyle="-.")
+        memory_ax.text(
+            self.seq_len.value,
+            0.02,
+            f" T={self.seq_len.value:,}",
+            color="#dd8452",
+            fontsize=7,
+            transform=memory_ax.get_xaxis_transform(),
+        )
+        return fig

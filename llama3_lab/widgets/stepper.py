@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 STRIP_WINDOW = 160
 """Tokens shown in the strip: the last ones (a 2,048-token prompt would be an unreadable wall of boxes)."""
+PROMPT_TAIL = 12
+"""Prompt tokens shown before the generated text in the text line."""
 
 
 class GenerationStepper(Explorer):
@@ -105,13 +107,13 @@ class GenerationStepper(Explorer):
         )
         self._watch(self.layer, self.head)
 
-        self.text_view = widgets.HTML(layout=widgets.Layout(max_height="8em", overflow="auto"))
+        self.text_view = widgets.HTML()
         self.text_view.add_class("llama3-lab-text")
         self.strip_view = image_view()
         self.strip_view.add_class("llama3-lab-strip")
-        self.topk_view = image_view()
+        self.topk_view = image_view(width="38%")
         self.topk_view.add_class("llama3-lab-topk")
-        self.attention_view = image_view()
+        self.attention_view = image_view(width="60%")
         self.attention_view.add_class("llama3-lab-attention")
 
         self.children = [
@@ -220,19 +222,19 @@ class GenerationStepper(Explorer):
         self.attention_view.value = figure_png(self.attention_figure())
 
     def _text_html(self, strings: list[str]) -> str:
+        """The prompt's last few tokens in grey, then every generated token highlighted (one span each)."""
         n_prompt = len(self.session.prompt_tokens)
-        shown_from = max(0, len(strings) - 400)
-        spans = []
-        for position in range(shown_from, len(strings)):
-            text = html.escape(strings[position])
-            if position < n_prompt:
-                spans.append(f"<span class='llama3-lab-prompt-token'>{text}</span>")
-            else:
-                spans.append(
-                    f"<span class='llama3-lab-new-token' data-position='{position}' "
-                    f"style='background:#fde2c8;border-radius:3px'>{text}</span>"
-                )
-        prefix = "… " if shown_from else ""
+        context_from = max(0, n_prompt - PROMPT_TAIL)
+        spans = [
+            f"<span class='llama3-lab-prompt-token' style='color:#777'>{html.escape(text)}</span>"
+            for text in strings[context_from:n_prompt]
+        ]
+        spans += [
+            f"<span class='llama3-lab-new-token' data-position='{position}' "
+            f"style='background:#fde2c8;border-radius:3px'>{html.escape(strings[position])}</span>"
+            for position in range(n_prompt, len(strings))
+        ]
+        prefix = f"<span style='color:#777'>[{context_from} prompt tokens] …</span>" if context_from else ""
         return f"<div style='white-space:pre-wrap;font-family:monospace'>{prefix}{''.join(spans)}</div>"
 
     def attention_row(self, record: StepRecord | None = None) -> np.ndarray:
