@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from llama3_lab.generation import (
     GenerationError,
@@ -254,3 +255,155 @@ def test_length_and_prompt_errors(make_model) -> None:
         generate(model, PROMPT)
     with pytest.raises(GenerationError, match="temperature"):
         Session(model, PROMPT, temperature=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text: streaming, stop strings, chat prompts (real SmolLM2 tokenizer)
+# ---------------------------------------------------------------------------------------------
+
+TEXT = "Hi 🦙 naïve 日本語! 🦙🦙 done"
+
+
+@pytest.fixture(scope="module")
+def scripted(smollm2):
+    """A tiny random model with SmolLM2's vocabulary and tokenizer, and ``script(ids)``: a hook that makes
+    greedy decoding emit exactly ``ids`` then ``<|im_end|>``."""
+    model = tiny_model(seed=0, vocab_size=49152, max_position_embeddings=128)
+    model.tokenizer = smollm2.tokenizer
+
+    def script(ids: list[int]):
+        queue = [*ids, 2]
+
+        def force(logits: torch.Tensor, hook) -> torch.Tensor:
+            forced = torch.full_like(logits, -1e9)
+            forced[:, -1, queue.pop(0) if queue else 2] = 0.0
+            return forced
+
+        return model.hooks(fwd_hooks=[("unembed.hook_out", force)])
+
+    return model, script
+
+
+def test_streaming_never_splits_a_character_and_adds_up(scripted) -> None:
+    model, script = scripted
+    tokenizer = model.tokenizer
+    ids = tokenizer.encode(TEXT)
+    assert any(tokenizer.decode([i]) == "\ufffd" for i in ids)  # the emoji really is split across tokens
+    with script(ids):
+        stream = generate(model, "x", max_new_tokens=40, temperature=0, stream=True)
+        pieces = list(stream)
+    assert "".join(pieces) == TEXT == stream.text
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert len(pieces) < len(ids)  # bytes of a character were held back until it was complete
+    assert stream.tokens == [*ids, 2] and stream.stop_reason == "stop_token"
+    with script(ids):
+        result = generate(model, "x", max_new_tokens=40, temperature=0)
+    assert result == TEXT and result.tokens == [*ids, 2]
+    assert result.prompt_tokens == [tokenizer.bos_id, *tokenizer.encode("x")]
+
+
+def test_stop_strings_cut_the_text_even_across_tokens(scripted) -> None:
+    model, script = scripted
+    ids = model.tokenizer.encode(TEXT)
+    for stop, expected in [
+        ("日本", "Hi 🦙 naïve "),
+        ("🦙🦙", "Hi 🦙 naïve 日本語! "),
+        ("e 日", "Hi 🦙 naïv"),
+    ]:
+        with script(ids):
+            stream = generate(model, "x", max_new_tokens=40, temperature=0, stop=stop, stream=True)
+            pieces = list(stream)
+        assert "".join(pieces) == expected and stream.stop_reason == "stop_string", stop
+        assert len(stream.tokens) < len(ids)  # generation ended there, not at the end
+    with script(ids):
+        out = generate(model, "x", max_new_tokens=40, temperature=0, stop=["<|im_end|>", "absent"])
+    assert out == TEXT and out.stop_reason == "stop_token"
+    with script(ids):
+        out = generate(model, "x", max_new_tokens=3, temperature=0)
+    assert out == model.tokenizer.decode(ids[:3]) and out.stop_reason == "max_new_tokens"
+
+
+def test_special_token_names_and_ids_as_stops(scripted) -> None:
+    model, script = scripted
+    ids = model.tokenizer.encode("a b c d")
+    with script(ids):
+        out = generate(model, "x", max_new_tokens=10, temperature=0, stop=ids[2])
+    assert out.tokens == ids[:3] and out == "a b"  # like stop strings, a stop token's text is left out
+    session = Session(model, "x", temperature=0, stop="<|im_start|>")
+    assert session.stop_ids == {0, 1, 2}
+    with pytest.raises(GenerationError, match="a Session stops on tokens"):
+        Session(model, "x", stop="plain text")
+    with pytest.raises(GenerationError, match="force\\(\\) takes one token, but 'naïve' encodes to 2"):
+        session.force("naïve")
+
+
+def test_chat_messages_use_the_chat_template(scripted) -> None:
+    model, script = scripted
+    messages = [{"role": "user", "content": "Hi"}]
+    with script([]):
+        out = generate(model, messages, max_new_tokens=5)
+    assert out.prompt_tokens == model.tokenizer.encode_chat(messages, add_generation_prompt=True)
+    with pytest.raises(GenerationError, match="needs 'role' and 'content'"):
+        generate(model, [{"text": "Hi"}])
+
+
+def test_embedded_model_answers_paris(smollm2) -> None:
+    out = generate(smollm2, [{"role": "user", "content": "What is the capital of France?"}], temperature=0)
+    assert "Paris" in out and out.stop_reason == "stop_token"
+    assert out == "The capital of France is Paris."  # REFERENCE section 1, same greedy answer as transformers
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_with_smollm2(smollm2, monkeypatch):
+    import llama3_lab.loading
+
+    monkeypatch.setattr(llama3_lab.loading, "load_model", lambda *a, **k: smollm2)
+    from llama3_lab import cli
+
+    return cli
+
+
+def test_cli_generate_streams_the_answer(cli_with_smollm2, capsys) -> None:
+    argv = [
+        "generate",
+        "What is the capital of France?",
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+    ]
+    assert cli_with_smollm2.main(argv) == 0
+    assert capsys.readouterr().out == "The capital of France is Paris.\n"
+    assert cli_with_smollm2.main(["generate", "x", "--top-p", "1.5"]) == 2
+    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_cli_chat_keeps_the_conversation_and_obeys_commands(cli_with_smollm2, capsys, monkeypatch) -> None:
+    import io
+
+    import llama3_lab.generation as generation
+
+    prompts = []
+    real_generate = generation.generate
+
+    def spy(model, prompt, **kwargs):
+        prompts.append([dict(m) for m in prompt])
+        return real_generate(model, prompt, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    lines = "What is the capital of France?\nAnd of Italy?\n/reset\nHello\n/exit\nnever read\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    assert cli_with_smollm2.main(["chat", "--temperature", "0", "--max-new-tokens", "9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[0] == "The capital of France is Paris."
+    assert [len(p) for p in prompts] == [1, 3, 1]  # the second turn carries the first; /reset forgets it
+    assert prompts[1][1] == {"role": "assistant", "content": out[0]}
+    assert prompts[2] == [{"role": "user", "content": "Hello"}]
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))  # EOF ends the chat as well
+    assert cli_with_smollm2.main(["chat", "--temperature", "0", "--max-new-tokens", "3"]) == 0
