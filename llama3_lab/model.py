@@ -21,6 +21,7 @@ the KV cache is preallocated (``kv_cache.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from html import escape
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -432,7 +433,8 @@ class LlamaModel(HookedRootModule):
     def __init__(self, cfg: LlamaConfig, tokenizer: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._tokenizer_loader: Callable[[], Any] | None = None
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.hook_embed = HookPoint("B P D", "token embeddings")
         self.rope = Rotary(cfg)
@@ -491,6 +493,22 @@ class LlamaModel(HookedRootModule):
         save_hf(self, directory)
 
     # -- properties -----------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None for a random model). Loaders attach it lazily: read on first use."""
+        if self._tokenizer is None and self._tokenizer_loader is not None:
+            self._tokenizer = self._tokenizer_loader()
+            self._tokenizer_loader = None
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self._tokenizer, self._tokenizer_loader = value, None
+
+    def set_tokenizer_loader(self, loader: Callable[[], Any]) -> None:
+        """Attach a tokenizer to be built on first access of ``model.tokenizer`` (keeps loading fast)."""
+        self._tokenizer, self._tokenizer_loader = None, loader
 
     @property
     def device(self) -> torch.device:

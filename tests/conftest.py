@@ -61,13 +61,25 @@ def transformers_twin(model: LlamaModel, attn: str = "eager", dtype: torch.dtype
 
     dtype = dtype or model.dtype
     config = transformers.LlamaConfig(**hf_config_dict(model.cfg))
-    twin = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
-    state = {hf_name(name): p.detach().to(dtype) for name, p in model.named_parameters()}
-    if model.cfg.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    missing, unexpected = twin.load_state_dict(state, strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
-    return twin.eval()
+    state = {hf_name(name): p.detach().to(dtype).clone() for name, p in model.named_parameters()}
+    return transformers_from_state(config, state, attn, dtype)
+
+
+def transformers_from_state(
+    config: Any, state: dict[str, torch.Tensor], attn: str, dtype: torch.dtype
+) -> Any:
+    """``LlamaForCausalLM`` built on the meta device and given ``state`` (HF names): no random init."""
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
+    if config.tie_word_embeddings:
+        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    # The RoPE buffers were created on the meta device too: build that module for real.
+    model.model.rotary_emb = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
+    return model.eval()
 
 
 @pytest.fixture

@@ -1,0 +1,150 @@
+"""``load_model``: one entry point for every weight format, each format in its own file.
+
+- a name: ``"smollm2-135m-instruct"`` (the embedded model: its GGUF is fetched, dequantized and
+  converted once into a cached Hugging Face directory, which later loads read directly);
+- a Hugging Face directory (``config.json`` + ``model.safetensors`` or shards with an index): ``hf.py``;
+- a Meta directory (``params.json`` + ``consolidated.NN.pth``): ``meta.py``;
+- a ``.gguf`` file: ``gguf.py``.
+
+Every loader builds the model on the meta device and fills it tensor by tensor (``fill.py``), so
+peak memory stays near one copy of the weights. Layout permutations live in ``layouts.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .fill import LoadError
+from .gguf import load_gguf
+from .hf import load_hf_dir, save_hf
+from .meta import load_meta_dir
+
+if TYPE_CHECKING:
+    from ..model import LlamaModel
+
+__all__ = ["LoadError", "load_model", "converted_model_dir", "NAMED_MODELS"]
+
+#: Named models: name → (asset holding the weights, tokenizer name).
+NAMED_MODELS = {"smollm2-135m-instruct": ("smollm2-135m-instruct.gguf", "smollm2-135m-instruct")}
+LLAMA3_VOCAB_SIZE = 128256
+
+
+def load_model(
+    name_or_path: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool = True,
+) -> LlamaModel:
+    """Load a Llama model with its tokenizer (``model.tokenizer``).
+
+    ``device`` defaults to CUDA when available, else CPU; ``dtype`` to bfloat16 on CUDA and float32 on
+    CPU. Parameters are frozen (``requires_grad=False``). Pickled ``.bin`` weights are never executed.
+    """
+    from ..model import default_device, default_dtype
+
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    dtype = dtype or default_dtype(device)
+
+    if isinstance(name_or_path, str) and name_or_path in NAMED_MODELS:
+        directory = converted_model_dir(name_or_path, progress=progress)
+        model = load_hf_dir(directory, device, dtype, progress=progress)
+        model.set_tokenizer_loader(_named_tokenizer(NAMED_MODELS[name_or_path][1]))
+        return model
+
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return load_gguf(path, device, dtype, progress=progress)
+    if path.is_file() and path.name in ("config.json", "params.json", "model.safetensors"):
+        path = path.parent
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            model = load_hf_dir(path, device, dtype, progress=progress)
+            _attach_hf_tokenizer(model, path)
+            return model
+        if (path / "params.json").is_file():
+            return load_meta_dir(path, device, dtype, progress=progress)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return load_gguf(ggufs[0], device, dtype, progress=progress)
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+        raise FileNotFoundError(
+            f"{path} is not a model directory: expected config.json + model.safetensors (Hugging Face), "
+            f"params.json + consolidated.00.pth (Meta) or one .gguf file; found {found}."
+        )
+    known = ", ".join(repr(n) for n in NAMED_MODELS)
+    raise FileNotFoundError(
+        f"{str(name_or_path)!r} is neither a known model name ({known}) nor an existing file or directory. "
+        "Pass a Hugging Face or Meta checkpoint directory, or a .gguf file."
+    )
+
+
+def _named_tokenizer(name: str):  # noqa: ANN202 - a zero-argument loader
+    def load():  # noqa: ANN202
+        from ..tokenizer import load_tokenizer
+
+        return load_tokenizer(name)
+
+    return load
+
+
+def _attach_hf_tokenizer(model: LlamaModel, directory: Path) -> None:
+    """A ``tokenizer.model`` beside the weights, else the fetched Llama 3 one if the vocab is Llama 3's."""
+    for candidate in (directory / "original" / "tokenizer.model", directory / "tokenizer.model"):
+        if candidate.is_file():
+
+            def load(path: Path = candidate):  # noqa: ANN202
+                from ..tokenizer import load_tokenizer
+
+                return load_tokenizer(path)
+
+            model.set_tokenizer_loader(load)
+            return
+    if model.cfg.vocab_size == LLAMA3_VOCAB_SIZE:
+        model.set_tokenizer_loader(_named_tokenizer("llama3"))
+        return
+    warnings.warn(
+        f"{directory} has no tokenizer.model and its vocabulary ({model.cfg.vocab_size}) is not Llama 3's: "
+        "model.tokenizer is None; set it with model.tokenizer = load_tokenizer(...).",
+        stacklevel=3,
+    )
+
+
+def converted_model_dir(name: str, progress: bool = True) -> Path:
+    """The cached Hugging Face directory of a named model, converting its GGUF asset on first use.
+
+    The conversion (dequantize, un-permute q/k, rename) runs once; its ``config.json`` and
+    ``model.safetensors`` are written into a temporary directory renamed into place, so a crash never
+    leaves a half-converted model behind.
+    """
+    from ..assets import asset_path, cache_dir
+
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf_path = asset_path(NAMED_MODELS[name][0])
+    model = load_gguf(gguf_path, torch.device("cpu"), torch.float32, progress=progress, tokenizer=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    try:
+        save_hf(model, staging)
+        del model
+        if target.exists():  # an incomplete earlier attempt
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "model.safetensors").is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,110 @@
+"""llama.cpp's GGUF files: dequantize every tensor to float32 and map llama.cpp names to ours.
+
+GGUF lists tensor shapes innermost first (``[in, out]``); ``gguf.quants.dequantize`` returns arrays
+in PyTorch's ``(out, in)`` order. llama.cpp's converter stores ``attn_q``/``attn_k`` rows in Meta's
+interleaved-pair RoPE layout; ``layouts.gguf_to_hf_qk`` undoes that (H query heads for q, K heads
+for k). Nothing else is permuted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import LlamaConfig
+from .fill import LoadError, fill_model
+from .layouts import gguf_to_hf_qk
+
+# llama.cpp tensor name → ours; {l} is the layer.
+_GGUF_NAMES = {
+    "token_embd.weight": "embed.weight",
+    "output_norm.weight": "ln_final.weight",
+    "output.weight": "unembed.weight",
+    "blk.{l}.attn_norm.weight": "blocks.{l}.ln1.weight",
+    "blk.{l}.attn_q.weight": "blocks.{l}.attn.q_proj.weight",
+    "blk.{l}.attn_k.weight": "blocks.{l}.attn.k_proj.weight",
+    "blk.{l}.attn_v.weight": "blocks.{l}.attn.v_proj.weight",
+    "blk.{l}.attn_output.weight": "blocks.{l}.attn.o_proj.weight",
+    "blk.{l}.ffn_norm.weight": "blocks.{l}.ln2.weight",
+    "blk.{l}.ffn_gate.weight": "blocks.{l}.mlp.gate_proj.weight",
+    "blk.{l}.ffn_up.weight": "blocks.{l}.mlp.up_proj.weight",
+    "blk.{l}.ffn_down.weight": "blocks.{l}.mlp.down_proj.weight",
+}
+_PATTERNS = [
+    (re.compile(re.escape(g).replace(r"\{l\}", r"(?P<l>\d+)") + "$"), ours) for g, ours in _GGUF_NAMES.items()
+]
+#: Tensors that carry no weights of ours (Llama 3.1 GGUFs store the RoPE scaling as ``rope_freqs``,
+#: which the config already describes).
+_IGNORED = {"rope_freqs.weight"}
+
+
+def our_name(gguf_name: str) -> str | None:
+    """``blk.3.attn_q.weight`` → ``blocks.3.attn.q_proj.weight`` (None if unknown)."""
+    for regex, template in _PATTERNS:
+        match = regex.match(gguf_name)
+        if match:
+            return template.format(**match.groupdict())
+    return None
+
+
+def open_gguf(path: str | Path) -> Any:
+    """A ``gguf.GGUFReader`` for ``path``, with errors that name the file."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GGUF file {path} does not exist.")
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # gguf raises ValueError/IndexError/struct errors on damaged files
+        raise LoadError(f"{path} is not a readable GGUF file (truncated or corrupt?): {e}") from e
+
+
+def dequantized_tensors(
+    reader: Any, cfg: LlamaConfig, source: str = "gguf"
+) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """(our name, float32 tensor in our layout, label ``source:gguf_name``) for each tensor of the file."""
+    from gguf.quants import dequantize
+
+    for tensor in reader.tensors:
+        if tensor.name in _IGNORED:
+            continue
+        label = f"{source}:{tensor.name}"
+        name = our_name(tensor.name)
+        try:
+            array = dequantize(tensor.data, tensor.tensor_type)
+        except Exception as e:
+            raise LoadError(f"{label}: cannot dequantize {tensor.tensor_type.name} data: {e}") from e
+        weight = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))  # a writable copy
+        if name is not None and name.endswith("attn.q_proj.weight"):
+            weight = gguf_to_hf_qk(weight, cfg.num_attention_heads)
+        elif name is not None and name.endswith("attn.k_proj.weight"):
+            weight = gguf_to_hf_qk(weight, cfg.num_key_value_heads)
+        yield (name or tensor.name), weight, label
+
+
+def load_gguf(
+    path: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True, tokenizer: bool = True
+) -> Any:
+    """A model from a GGUF file, dequantized to ``dtype`` (with the file's own tokenizer if ``tokenizer``)."""
+    reader = open_gguf(path)
+    cfg = LlamaConfig.from_gguf(reader)
+    tok = None
+    if tokenizer and "tokenizer.ggml.tokens" in reader.fields:
+        from ..tokenizer import GGUFByteBPETokenizer
+
+        tok = GGUFByteBPETokenizer(reader)  # shares the open reader: the file is parsed once
+    return fill_model(
+        cfg,
+        dequantized_tensors(reader, cfg, Path(path).name),
+        device,
+        dtype,
+        source=str(path),
+        progress=progress,
+        tokenizer=tok,
+    )

@@ -1,0 +1,437 @@
+"""Loading every weight format, layout permutations, clear errors, and SmolLM2 against transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model, transformers_from_state, transformers_twin
+from safetensors.torch import load_file, save_file
+
+from llama3_lab.config import meta_ffn_hidden_dim
+from llama3_lab.kv_cache import KVCache
+from llama3_lab.loading import LoadError, load_model
+from llama3_lab.loading.hf import hf_name, our_name
+from llama3_lab.loading.layouts import gguf_to_hf_qk, hf_to_gguf_qk, hf_to_meta_qk, meta_to_hf_qk
+from llama3_lab.model import LlamaModel
+
+# Tiny random models have no tokenizer: loading one says so once, which is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*has no tokenizer.model:UserWarning")
+
+TOKENS = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]])
+
+
+def logits_of(model: LlamaModel, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens)
+
+
+LLAMA3_VOCAB = 128256  # params.json configs carry Llama 3's bos/eos ids, so tiny Meta models keep its vocab
+
+# ------------------------------------------------------------------------------------------ layouts
+
+
+@pytest.mark.parametrize(
+    "forward, inverse", [(meta_to_hf_qk, hf_to_meta_qk), (gguf_to_hf_qk, hf_to_gguf_qk)], ids=["meta", "gguf"]
+)
+def test_each_layout_permutation_and_its_inverse(forward, inverse):
+    # One head of 6 dims: Meta pairs rows (0,1) (2,3) (4,5); HF wants the pairs' first members, then seconds.
+    rows = torch.arange(6.0)[:, None]
+    assert forward(rows, n_heads=1).flatten().tolist() == [0, 2, 4, 1, 3, 5]
+    w = torch.randn(3 * 8, 5)  # 3 heads of 8 dims
+    torch.testing.assert_close(inverse(forward(w, 3), 3), w, rtol=0, atol=0)
+    torch.testing.assert_close(forward(inverse(w, 3), 3), w, rtol=0, atol=0)
+    assert not torch.equal(forward(w, 3), w)
+    # The permutation acts within each head: heads stay in place.
+    torch.testing.assert_close(forward(w, 3)[8:16], forward(w[8:16], 1), rtol=0, atol=0)
+
+
+def test_gguf_permutation_is_llamacpp_and_transformers_inverse():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    w = torch.randn(4 * 6, 7)
+    reference = LlamaTensorProcessor()._reverse_permute_weights(w.numpy(), 4, 4)
+    torch.testing.assert_close(gguf_to_hf_qk(w, 4), torch.from_numpy(reference), rtol=0, atol=0)
+
+
+def test_hf_names_round_trip():
+    model = tiny_model(tie_word_embeddings=False)
+    for name, _ in model.named_parameters():
+        assert our_name(hf_name(name)) == name
+    assert hf_name("blocks.7.attn.k_proj.weight") == "model.layers.7.self_attn.k_proj.weight"
+    assert hf_name("blocks.0.ln2.weight") == "model.layers.0.post_attention_layernorm.weight"
+    assert hf_name("unembed.weight") == "lm_head.weight"
+    assert our_name("model.rotary_emb.inv_freq") is None
+
+
+# -------------------------------------------------------------------------------- Hugging Face dirs
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_save_pretrained_round_trips_and_transformers_reads_it(tmp_path, tied):
+    import transformers
+
+    model = tiny_model(seed=2, tie_word_embeddings=tied)
+    model.save_pretrained(tmp_path)
+    names = set(load_file(tmp_path / "model.safetensors"))
+    assert ("lm_head.weight" in names) is not tied
+    assert "model.layers.1.self_attn.q_proj.weight" in names
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave nothing behind
+
+    loaded = load_model(tmp_path, device="cpu", progress=False)
+    assert loaded.dtype == torch.float32 and loaded.device.type == "cpu"
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert torch.equal(p, q), name
+    assert (loaded.unembed.weight is loaded.embed.weight) is tied
+    torch.testing.assert_close(logits_of(loaded), logits_of(model), rtol=0, atol=0)
+
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(TOKENS).logits, logits_of(model), rtol=1e-5, atol=1e-5)
+
+    half = load_model(tmp_path / "config.json", device="cpu", dtype="bfloat16", progress=False)
+    assert half.dtype == torch.bfloat16 and half.rope.inv_freq.dtype == torch.float32
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+    model = tiny_model(seed=4)
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, tmp_path / file)
+    weight_map = {n: file for file, part in shards.items() for n in part}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    torch.testing.assert_close(
+        logits_of(load_model(tmp_path, device="cpu", progress=False)), logits_of(model)
+    )
+
+
+def test_hf_dir_tokenizer_rules(tmp_path):
+    from llama3_lab.assets import asset_path
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="no tokenizer.model"):
+        assert load_model(tmp_path, device="cpu", progress=False).tokenizer is None
+    (tmp_path / "original").mkdir()
+    shutil.copy(asset_path("llama3/tokenizer.model"), tmp_path / "original" / "tokenizer.model")
+    tokenizer = load_model(tmp_path, device="cpu", progress=False).tokenizer
+    assert tokenizer.encode("Hello, world!") == [9906, 11, 1917, 0]
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    tiny_model(seed=6).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_truncated_safetensors_names_the_file(saved):
+    path = saved / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(LoadError, match=r"model\.safetensors.*truncated or corrupt"):
+        load_model(saved, device="cpu", progress=False)
+
+
+def test_missing_tensor_is_named(saved):
+    tensors = load_file(saved / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, saved / "model.safetensors")
+    with pytest.raises(LoadError, match=r"missing 1 tensor\(s\): blocks\.1\.mlp\.up_proj\.weight"):
+        load_model(saved, device="cpu", progress=False)
+
+
+def test_wrong_shape_names_the_tensor_expected_and_found(saved):
+    tensors = load_file(saved / "model.safetensors")
+    tensors["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(16, 64)
+    save_file(tensors, saved / "model.safetensors")
+    with pytest.raises(
+        LoadError, match=r"self_attn\.k_proj\.weight: shape \[16, 64\] does not match .*\[32, 64\]"
+    ):
+        load_model(saved, device="cpu", progress=False)
+
+
+def test_config_that_does_not_match_the_weights(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match=r"missing \d+ tensor\(s\): blocks\.2\..*same model"):
+        load_model(saved, device="cpu", progress=False)
+    config.update(num_hidden_layers=1)
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match=r"unexpected tensor\(s\): model\.safetensors:model\.layers\.1\."):
+        load_model(saved, device="cpu", progress=False)
+    config.update(num_hidden_layers=2, intermediate_size=100)
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LoadError, match=r"mlp\.\w+_proj\.weight: shape \[\d+, \d+\] does not match .*100"):
+        load_model(saved, device="cpu", progress=False)
+
+
+def test_missing_files_say_what_was_expected(saved, tmp_path_factory):
+    (saved / "model.safetensors").rename(saved / "pytorch_model.bin")
+    with pytest.raises(
+        FileNotFoundError, match=r"no model\.safetensors.*found: config\.json, pytorch_model\.bin"
+    ):
+        load_model(saved, device="cpu", progress=False)
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(FileNotFoundError, match="expected config.json.*params.json.*gguf"):
+        load_model(empty, device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match="known model name.*smollm2-135m-instruct"):
+        load_model("llama-9000", device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------------------------- Meta dirs
+
+
+def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, embed_axis: int) -> None:
+    """Write ``model`` the way Meta's tensor-parallel checkpoints are: q/k interleaved, sliced per shard."""
+    cfg = model.cfg
+    H, K = cfg.num_attention_heads, cfg.num_key_value_heads
+    full: dict[str, tuple[torch.Tensor, int | None]] = {
+        "tok_embeddings.weight": (model.embed.weight, embed_axis),
+        "norm.weight": (model.ln_final.weight, None),
+        "output.weight": (model.unembed.weight, 0),
+    }
+    for l, block in enumerate(model.blocks):
+        full |= {
+            f"layers.{l}.attention_norm.weight": (block.ln1.weight, None),
+            f"layers.{l}.attention.wq.weight": (hf_to_meta_qk(block.attn.q_proj.weight, H), 0),
+            f"layers.{l}.attention.wk.weight": (hf_to_meta_qk(block.attn.k_proj.weight, K), 0),
+            f"layers.{l}.attention.wv.weight": (block.attn.v_proj.weight, 0),
+            f"layers.{l}.attention.wo.weight": (block.attn.o_proj.weight, 1),
+            f"layers.{l}.ffn_norm.weight": (block.ln2.weight, None),
+            f"layers.{l}.feed_forward.w1.weight": (block.mlp.gate_proj.weight, 0),
+            f"layers.{l}.feed_forward.w3.weight": (block.mlp.up_proj.weight, 0),
+            f"layers.{l}.feed_forward.w2.weight": (block.mlp.down_proj.weight, 1),
+        }
+    directory.mkdir(exist_ok=True)
+    for shard in range(n_shards):
+        part = {
+            name: (w if axis is None else w.chunk(n_shards, dim=axis)[shard]).clone()
+            for name, (w, axis) in full.items()
+        }
+        torch.save(part, directory / f"consolidated.{shard:02d}.pth")
+    params = dict(
+        dim=cfg.hidden_size,
+        n_layers=cfg.num_hidden_layers,
+        n_heads=H,
+        n_kv_heads=K,
+        vocab_size=cfg.vocab_size,
+        multiple_of=16,
+        ffn_dim_multiplier=None,
+        norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        max_seq_len=cfg.max_position_embeddings,
+    )
+    (directory / "params.json").write_text(json.dumps(params))
+
+
+@pytest.mark.parametrize("embed_axis", [0, 1], ids=["llama3-vocab-parallel", "llama2-dim-parallel"])
+def test_meta_checkpoint_in_two_shards_matches_its_hf_twin(tmp_path, embed_axis):
+    from llama3_lab.assets import asset_path
+
+    intermediate = meta_ffn_hidden_dim(64, 16, None)  # 176, as Meta's FeedForward derives it
+    model = tiny_model(
+        seed=9,
+        vocab_size=LLAMA3_VOCAB,
+        intermediate_size=intermediate,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    write_meta_checkpoint(model, tmp_path / "meta", n_shards=2, embed_axis=embed_axis)
+    shutil.copy(asset_path("llama3/tokenizer.model"), tmp_path / "meta" / "tokenizer.model")
+    loaded = load_model(tmp_path / "meta", device="cpu", progress=False)
+    assert loaded.cfg.intermediate_size == intermediate and not loaded.cfg.tie_word_embeddings
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert torch.equal(p, q), name
+    tokens = torch.tensor([[128000, 9906, 11, 1917, 0, 128009]])
+    torch.testing.assert_close(logits_of(loaded, tokens), logits_of(model, tokens), rtol=0, atol=0)
+    assert loaded.tokenizer.encode("user") == [882]
+
+
+def test_meta_checkpoint_errors(tmp_path):
+    model = tiny_model(seed=9, vocab_size=LLAMA3_VOCAB, intermediate_size=176, num_attention_heads=4)
+    write_meta_checkpoint(model, tmp_path, n_shards=2, embed_axis=0)
+    (tmp_path / "consolidated.01.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(LoadError, match=r"consolidated\.01\.pth could not be read.*never unpickled"):
+        load_model(tmp_path, device="cpu", progress=False)
+    torch.save(
+        {"layers.0.attention.wq.weight": object()}, tmp_path / "consolidated.01.pth"
+    )  # a pickled object
+    with pytest.raises(LoadError, match="consolidated.01.pth could not be read"):
+        load_model(tmp_path, device="cpu", progress=False)
+    for f in tmp_path.glob("*.pth"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="params.json but no consolidated"):
+        load_model(tmp_path, device="cpu", progress=False)
+
+
+# --------------------------------------------------------------------------------------------- GGUF
+
+
+def test_tiny_gguf_file_loads_with_llamacpp_layout(tmp_path):
+    import gguf
+
+    model = tiny_model(seed=11, tie_word_embeddings=False)
+    cfg = model.cfg
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    gguf_names = {
+        "embed.weight": "token_embd.weight",
+        "ln_final.weight": "output_norm.weight",
+        "unembed.weight": "output.weight",
+        "ln1.weight": "attn_norm.weight",
+        "ln2.weight": "ffn_norm.weight",
+        "attn.q_proj.weight": "attn_q.weight",
+        "attn.k_proj.weight": "attn_k.weight",
+        "attn.v_proj.weight": "attn_v.weight",
+        "attn.o_proj.weight": "attn_output.weight",
+        "mlp.gate_proj.weight": "ffn_gate.weight",
+        "mlp.up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    for name, p in model.named_parameters():
+        w = p.detach()
+        if name.endswith("q_proj.weight"):
+            w = hf_to_gguf_qk(w, cfg.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            w = hf_to_gguf_qk(w, cfg.num_key_value_heads)
+        if name.startswith("blocks."):
+            _, layer, rest = name.split(".", 2)
+            target = f"blk.{layer}.{gguf_names[rest]}"
+        else:
+            target = gguf_names[name]
+        writer.add_tensor(target, w.numpy().astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    loaded = load_model(path, device="cpu", progress=False)
+    torch.testing.assert_close(logits_of(loaded), logits_of(model), rtol=0, atol=0)
+    assert loaded.tokenizer is None  # this file carries no vocabulary
+
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(LoadError, match=r"tiny\.gguf is not a readable GGUF file"):
+        load_model(path, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------ embedded model
+
+
+def test_smollm2_config_cache_and_tokenizer(smollm2):
+    from llama3_lab.assets import cache_dir
+
+    cfg = smollm2.cfg
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        30,
+        576,
+        9,
+        3,
+    )
+    assert cfg.tie_word_embeddings and smollm2.unembed.weight is smollm2.embed.weight
+    assert sum(p.numel() for p in smollm2.parameters()) == 134_515_008
+    cached = cache_dir() / "models" / "smollm2-135m-instruct"
+    assert (cached / "config.json").is_file() and (cached / "model.safetensors").is_file()
+    assert smollm2.tokenizer.bos_id == 1 and smollm2.tokenizer.eos_id == 2
+
+
+def transformers_from_gguf(cfg) -> torch.nn.Module:  # noqa: ANN001
+    """transformers' LlamaForCausalLM from the GGUF file, dequantized by ``gguf`` and un-permuted by
+    transformers' own GGUF code: an independent check of our layout conversion."""
+    import gguf
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from llama3_lab.assets import asset_path
+    from llama3_lab.loading.hf import hf_config_dict
+
+    reader = gguf.GGUFReader(asset_path("smollm2-135m-instruct.gguf"))
+    processor = LlamaTensorProcessor(
+        {"num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads}
+    )
+    names = {
+        "token_embd": "model.embed_tokens",
+        "output_norm": "model.norm",
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    state: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        weights = processor.process(
+            gguf.quants.dequantize(tensor.data, tensor.tensor_type), tensor.name
+        ).weights
+        parts = tensor.name.split(".")
+        if parts[0] == "blk":
+            name = f"model.layers.{parts[1]}.{names[parts[2]]}.weight"
+        else:
+            name = f"{names[parts[0]]}.weight"
+        state[name] = torch.from_numpy(np.array(weights, dtype=np.float32))
+    config = transformers.LlamaConfig(**hf_config_dict(cfg))
+    return transformers_from_state(config, state, "eager", torch.float32)
+
+
+def test_smollm2_matches_transformers_on_the_same_dequantized_weights(smollm2):
+    hf = transformers_from_gguf(smollm2.cfg)
+    ids = smollm2.tokenizer.encode_chat(
+        [{"role": "user", "content": "Explain RoPE in one sentence, please."}]
+    )
+    tokens = torch.tensor([ids])
+    with torch.no_grad():
+        reference = hf(tokens).logits
+        ours = smollm2(tokens)
+    error = (ours - reference).abs().max().item()
+    assert error <= 2e-4, f"max |Δlogit| = {error:.3g}"  # REFERENCE saw 9.3e-5
+    assert torch.equal(ours[0].argmax(-1), reference[0].argmax(-1))
+
+
+def test_smollm2_greedy_chat_answer_names_paris(smollm2):
+    tok = smollm2.tokenizer
+    prompt = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    cache = KVCache.allocate(smollm2, max_length=len(prompt) + 24)
+    answer: list[int] = []
+    with torch.inference_mode():
+        logits = smollm2(torch.tensor(prompt), cache=cache)
+        for _ in range(20):
+            token = int(logits[0, -1].argmax())
+            if token in tok.stop_ids:
+                break
+            answer.append(token)
+            logits = smollm2(torch.tensor([token]), cache=cache)
+    text = tok.decode(answer)
+    assert "Paris" in text, text
+    assert text.startswith("The capital of France is Paris")
+
+
+def test_transformers_twin_of_smollm2_agrees_too(smollm2):
+    """Our conversion, saved in the HF layout, is what transformers computes with (cross-check of names)."""
+    tokens = torch.tensor([[1, 4093, 2683, 359, 253, 1345, 2]])
+    with torch.no_grad():
+        reference = transformers_twin(smollm2)(tokens).logits
+        assert (smollm2(tokens) - reference).abs().max().item() <= 2e-4
