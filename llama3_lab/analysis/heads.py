@@ -75,7 +75,9 @@ def repeated_random_tokens(
     tokenizer = getattr(model, "tokenizer", None)
     special = set(getattr(tokenizer, "special_tokens", {}).values()) if tokenizer is not None else set()
     special |= {cfg.bos_token_id} if cfg.bos_token_id is not None else set()
-    ordinary = torch.tensor([i for i in range(cfg.vocab_size) if i not in special])
+    is_ordinary = torch.ones(cfg.vocab_size, dtype=torch.bool)
+    is_ordinary[sorted(special)] = False
+    ordinary = is_ordinary.nonzero()[:, 0]
     generator = torch.Generator().manual_seed(seed)
     random = ordinary[torch.randint(len(ordinary), (batch, repeat_len), generator=generator)]
     bos = tokenizer.bos_id if tokenizer is not None and tokenizer.bos_id is not None else cfg.bos_token_id
