@@ -90,7 +90,7 @@ class Explorer(widgets.VBox):
             self._draw()
         except Exception as err:
             self.status.value = f"<span style='color:#b00020'>error: {_escape(str(err))}</span>"
-            self.status.description_tooltip = traceback.format_exc()
+            self.status.tooltip = traceback.format_exc()
             raise
         self.redraws += 1
         self.status.value = f"{_escape(self._status_text())} · draw {self.redraws}"
