@@ -406,3 +406,48 @@ def test_memory_is_flat_over_200_runs(tiny, tokens):
         assert ref() is None
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------------------------ text tokens
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer():
+    from llama3_lab import load_tokenizer
+
+    return load_tokenizer("llama3")
+
+
+def test_text_gets_exactly_one_bos(tiny, llama3_tokenizer):
+    model = LlamaModel(tiny.cfg, tokenizer=llama3_tokenizer)  # to_tokens never runs the model
+    expected = [128000, 2028, 374, 264, 1296, 11914, 13]
+    assert model.to_tokens("This is a test sentence.").tolist() == [expected]
+    assert model.to_tokens("<|begin_of_text|>This is a test sentence.").tolist() == [expected]
+    assert model.to_tokens("This is a test sentence.", prepend_bos=False).tolist() == [expected[1:]]
+    # other special-token text stays plain text, as the tokenizer does
+    assert model.to_tokens("<|eot_id|>").tolist() == [[128000, 27, 91, 68, 354, 851, 91, 29]]
+    # ids are used as given, whatever they start with
+    assert model.to_tokens([9906, 11]).tolist() == [[9906, 11]]
+    assert model.to_tokens(torch.tensor([128000, 9906])).tolist() == [[128000, 9906]]
+    assert model.to_tokens(["Hello, world!", "This is a test"]).shape == (2, 5)
+    with pytest.raises(ValueError, match="different lengths"):
+        model.to_tokens(["Hello", "This is a test"])
+    assert model.to_str_tokens("Hello, world!") == ["<|begin_of_text|>", "Hello", ",", " world", "!"]
+    assert model.to_str_tokens(torch.tensor([[9906, 11], [1917, 0]])) == [["Hello", ","], [" world", "!"]]
+
+
+def test_text_without_a_tokenizer_says_how_to_fix_it(tiny):
+    with pytest.raises(ValueError, match="model.tokenizer"):
+        tiny.run_with_cache("Hello")
+
+
+@pytest.mark.slow
+def test_smollm2_text_cache_and_estimate(smollm2):
+    ids = smollm2.to_tokens("<|im_start|>The capital of France is")
+    assert ids[0, 0] == smollm2.tokenizer.bos_id and (ids[0, 1:] != smollm2.tokenizer.bos_id).all()
+    names = lambda n: "resid" in n or "pattern" in n or "scale" in n  # noqa: E731
+    estimate = smollm2.estimate_cache_bytes("The capital of France is", names)
+    logits, cache = smollm2.run_with_cache("The capital of France is", names_filter=names)
+    assert abs(estimate - cache.nbytes) <= 0.05 * cache.nbytes
+    assert cache.stack("resid_post").shape == (30, 1, ids.shape[1], 576)
+    assert cache.tokens.tolist() == smollm2.to_tokens("The capital of France is").tolist()
