@@ -137,15 +137,16 @@ def load_notebook_model() -> NotebookModel:
 
     path = llama3_weights_path()
     if path is None:
-        device, dtype = torch.device("cpu"), torch.float32
-        model = load_model(DEFAULT_MODEL, device=device, dtype=dtype)
-        tokenizer = load_tokenizer(DEFAULT_MODEL)
-        nb = NotebookModel(model, tokenizer, DEFAULT_MODEL, device, dtype, is_llama3=False)
+        device, dtype, name = torch.device("cpu"), torch.float32, DEFAULT_MODEL
+        model = load_model(DEFAULT_MODEL, device=device, dtype=dtype, progress=False)
     else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
-        model = load_model(path, device=device, dtype=dtype)
-        tokenizer = load_tokenizer("llama3")
-        nb = NotebookModel(model, tokenizer, f"Llama 3 from {path}", device, dtype, is_llama3=True)
+        device, dtype, name = torch.device("cuda"), torch.bfloat16, f"Llama 3 from {path}"
+        model = load_model(path, device=device, dtype=dtype, progress=False)
+    try:
+        tokenizer = model.tokenizer
+    except Exception:  # a checkpoint without its own tokenizer: every Llama 3 shares Meta's
+        tokenizer = load_tokenizer(DEFAULT_MODEL if path is None else "llama3")
+    nb = NotebookModel(model, tokenizer, name, device, dtype, is_llama3=path is not None)
     model.eval()
     print(nb.describe())
     return nb
