@@ -65,6 +65,11 @@ def _viz_calls(nb: dict) -> int:
     return calls
 
 
+def _skipped(cell: dict) -> bool:
+    """Cells tagged ``skip-execution`` (docs/NOTEBOOKS.md) are never run by nbconvert, so have no count."""
+    return "skip-execution" in cell.get("metadata", {}).get("tags", [])
+
+
 def _is_hidden_solution(cell: dict) -> bool:
     return (
         cell["cell_type"] == "code"
@@ -85,16 +90,17 @@ def test_the_curriculum_notebooks_exist():
 @params
 def test_is_executed_with_counts(path: Path):
     nb = _load(path)
+    executed = [cell for cell in _code_cells(nb) if not _skipped(cell)]
     unrun = [
         i
         for i, cell in enumerate(nb["cells"])
-        if cell["cell_type"] == "code" and cell.get("execution_count") is None
+        if cell["cell_type"] == "code" and not _skipped(cell) and cell.get("execution_count") is None
     ]
     assert not unrun, (
         f"{path.name}: code cells {unrun} have no execution count; run "
         f"`bash scripts/refresh_notebooks.sh notebooks/{path.name}`"
     )
-    counts = [cell["execution_count"] for cell in _code_cells(nb)]
+    counts = [cell["execution_count"] for cell in executed]
     assert counts == list(range(1, len(counts) + 1)), (
         f"{path.name}: not executed top to bottom once: {counts}"
     )
@@ -216,3 +222,15 @@ def test_needs_llama3_weights_prints_one_line_without_weights(monkeypatch, capsy
     monkeypatch.setenv(WEIGHTS_ENV, "/nonexistent/llama3")
     with pytest.raises(FileNotFoundError, match="LLAMA3_LAB_WEIGHTS"):
         llama3_weights_path()
+
+
+def test_llama3_weights_are_used_only_with_cuda(monkeypatch, tmp_path):
+    import torch
+
+    from llama3_lab.notebook import WEIGHTS_ENV, llama3_weights_path
+
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert llama3_weights_path() is None  # 16 GB of bf16 weights on a CPU: stay on the embedded model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert llama3_weights_path() == tmp_path
