@@ -49,19 +49,23 @@ def test_stepper_steps_in_jupyterlab(smollm2) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     notebook = BROWSER_DIR / "stepper.ipynb"
     started = time.monotonic()
+    marks: dict[str, float] = {}
     with running_lab(notebook) as lab, sync_playwright() as playwright:
+        marks["lab started"] = time.monotonic()
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             # Tall viewport: JupyterLab scrolls inside its own panel, so the whole widget must fit.
             page = browser.new_page(viewport={"width": 1280, "height": 2000})
             lab_page = LabPage(page, lab)
             lab_page.open(notebook.name)
+            marks["kernel idle"] = time.monotonic()
             lab_page.run_all()
             status = page.locator(".llama3-lab-status")
             status.filter(has_text="step 0 ·").wait_for(timeout=STEP_TIMEOUT_MS)
             assert page.locator(".llama3-lab-new-token").count() == 0
             assert not lab_page.cell_errors(), lab_page.cell_errors()
 
+            marks["cells run"] = time.monotonic()
             sources = []
             for n in (1, 2, 3):
                 page.locator(".llama3-lab-step").click()
@@ -76,6 +80,7 @@ def test_stepper_steps_in_jupyterlab(smollm2) -> None:
                 sources.append(_attention_src(page))
             assert len(set(sources)) == 3, "the attention image did not change after each step"
 
+            marks["three steps"] = time.monotonic()
             shown = page.locator(".llama3-lab-new-token").all_inner_texts()
             kernel = lab_page.execute("print(repr([r.token_text for r in stepper.history]))")
             assert repr(shown) == kernel.strip(), (shown, kernel)
@@ -88,4 +93,5 @@ def test_stepper_steps_in_jupyterlab(smollm2) -> None:
             browser.close()
         assert lab.process.poll() is None, "JupyterLab died during the test:\n" + lab.log_tail()
     assert lab.process.poll() is not None, "JupyterLab is still running after the test"
-    print(f"browser test took {time.monotonic() - started:.1f} s")
+    marks["server stopped"] = time.monotonic()
+    print(", ".join(f"{name} {at - started:.1f} s" for name, at in marks.items()))

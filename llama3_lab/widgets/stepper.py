@@ -234,7 +234,7 @@ class GenerationStepper(Explorer):
             f"style='background:#fde2c8;border-radius:3px'>{html.escape(strings[position])}</span>"
             for position in range(n_prompt, len(strings))
         ]
-        prefix = f"<span style='color:#777'>[{context_from} prompt tokens] …</span>" if context_from else ""
+        prefix = f"<span style='color:#777'>[{context_from} earlier tokens] …</span>" if context_from else ""
         return f"<div style='white-space:pre-wrap;font-family:monospace'>{prefix}{''.join(spans)}</div>"
 
     def attention_row(self, record: StepRecord | None = None) -> np.ndarray:
