@@ -18,6 +18,7 @@ from .lens import decompose_resid
 Tokens = int | torch.Tensor
 
 
+@torch.no_grad()
 def logit_direction(model: HookedRootModule, token: Tokens, against: Tokens | None = None) -> torch.Tensor:
     """``[D]`` or ``[B, D]``: ``w ⊙ W_U[token]`` (minus the same for ``against``: a logit difference).
 
@@ -43,6 +44,7 @@ def _project(components: torch.Tensor, direction: torch.Tensor, scale: torch.Ten
     return dots / scale
 
 
+@torch.no_grad()
 def direct_logit_attribution(
     model: HookedRootModule,
     cache: ActivationCache,
@@ -62,6 +64,7 @@ def direct_logit_attribution(
     return _project(components[:, :, 0], direction, _final_scale(cache, pos)), labels
 
 
+@torch.no_grad()
 def head_outputs(
     model: HookedRootModule, cache: ActivationCache, layer: int, pos: int | None = None
 ) -> torch.Tensor:
@@ -76,6 +79,7 @@ def head_outputs(
     return einsum(z, w_o, "... h d, h d D -> ... h D")
 
 
+@torch.no_grad()
 def head_logit_attribution(
     model: HookedRootModule,
     cache: ActivationCache,
