@@ -293,7 +293,14 @@ def to_str_tokens(
         raise ValueError("This model has no tokenizer: set model.tokenizer to turn ids into strings.")
     tokens = to_tokens(model, x, prepend_bos=prepend_bos, device="cpu")
     rows = [tokenizer.token_strings(row.tolist()) for row in tokens]
-    return rows[0] if len(rows) == 1 and (isinstance(x, str) or getattr(x, "ndim", 2) < 2) else rows
+    return rows if _is_batch(x) else rows[0]
+
+
+def _is_batch(x: TokensLike) -> bool:
+    """A ``[B, P]`` tensor, a list of texts or a list of id lists (not one text or one list of ids)."""
+    if isinstance(x, torch.Tensor):
+        return x.ndim == 2
+    return not isinstance(x, str) and len(x) > 0 and not isinstance(x[0], int)
 
 
 # --------------------------------------------------------------------------------------------------

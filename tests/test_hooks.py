@@ -443,6 +443,8 @@ def test_text_gets_exactly_one_bos(tiny, llama3_tokenizer):
         model.to_tokens(["Hello", "This is a test"])
     assert model.to_str_tokens("Hello, world!") == ["<|begin_of_text|>", "Hello", ",", " world", "!"]
     assert model.to_str_tokens(torch.tensor([[9906, 11], [1917, 0]])) == [["Hello", ","], [" world", "!"]]
+    assert model.to_str_tokens([9906, 11]) == ["Hello", ","]
+    assert model.to_str_tokens(["Hello, world!"]) == [["<|begin_of_text|>", "Hello", ",", " world", "!"]]
 
 
 def test_text_without_a_tokenizer_says_how_to_fix_it(tiny):
