@@ -1,0 +1,178 @@
+"""Greedy decode speed on the embedded SmolLM2-135M-Instruct, CPU, float32, against its physical limit.
+
+In one run, on the same weights and prompt:
+
+1. transformers ``LlamaForCausalLM.generate`` (greedy) tokens/s, and ours (``generation.generate_tokens``,
+   the loop under ``generate``); both must produce the same tokens;
+2. the memory-bandwidth limit: the maximum of several ``torch.sum`` over ~1 GB with all threads, divided
+   by the bytes of weights one decode step reads (every parameter once), and our fraction of it;
+3. the cost of a ``Session`` step with its full ``StepRecord`` (attention rows, residuals, top-k,
+   entropy) relative to a plain decode step, and with the logit lens materialised too.
+
+Run: ``.venv/bin/python benchmarks/decode.py [--new-tokens 64] [--repeats 3] [--threads N]``.
+The numbers move with the load of a shared host: compare only numbers from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls (the least disturbed by other processes)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def read_bandwidth_gbps(n_bytes: int = 1 << 30, repeats: int = 7) -> float:
+    """Memory read bandwidth (GB/s) seen by a multi-threaded ``torch.sum`` over ``n_bytes`` of float32."""
+    data = torch.ones(n_bytes // 4, dtype=torch.float32)
+    data.sum()  # touch every page once
+    seconds = best_seconds(lambda: data.sum(), repeats)
+    return n_bytes / seconds / 1e9
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of distinct parameter storage (tied embeddings counted once: one decode step reads them once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--prompt", default="Once upon a time, in a small village by the sea,")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import transformers
+
+    from llama3_lab.generation import Session, generate_tokens
+    from llama3_lab.loading import converted_model_dir, load_model
+
+    name = "smollm2-135m-instruct"
+    model = load_model(name, device="cpu", dtype=torch.float32, progress=False)
+    reference = transformers.LlamaForCausalLM.from_pretrained(
+        converted_model_dir(name, progress=False), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    prompt = model.tokenizer.encode(args.prompt)
+    n = args.new_tokens
+
+    # Same tokens first: greedy, no stop token on either side, exactly n new tokens.
+    ours_tokens = list(generate_tokens(model, prompt, n, temperature=0))
+    input_ids = torch.tensor([prompt])
+
+    def reference_generate() -> list[int]:
+        with torch.no_grad():
+            out = reference.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        return out[0, len(prompt) :].tolist()
+
+    reference_tokens = reference_generate()
+    same = ours_tokens == reference_tokens
+    first_difference = next(
+        (i for i, (a, b) in enumerate(zip(ours_tokens, reference_tokens)) if a != b), None
+    )
+
+    bandwidth = max(read_bandwidth_gbps() for _ in range(3))
+    ours_s = best_seconds(lambda: list(generate_tokens(model, prompt, n, temperature=0)), args.repeats)
+    reference_s = best_seconds(reference_generate, args.repeats)
+    bandwidth = max(bandwidth, read_bandwidth_gbps())  # again after the decodes: the host's load moves
+
+    # Per-step costs after the prefill: a plain decode step vs a Session step with its record.
+    steps = min(n, 32)
+
+    def decode(n_tokens: int) -> Callable[[], None]:
+        return lambda: list(generate_tokens(model, prompt, n_tokens, temperature=0))
+
+    def session_steps(with_lens: bool) -> Callable[[], None]:
+        def run() -> None:
+            session = Session(model, prompt, temperature=0)
+            for _ in range(steps):
+                record = session.step()
+                if with_lens:
+                    record.logit_lens  # noqa: B018 - materialise the lazily computed lens
+
+        return run
+
+    def prefill_only() -> None:
+        Session(model, prompt, temperature=0)
+
+    # the first token comes from the prefill alone; each later one costs one step
+    plain_step = (
+        best_seconds(decode(steps + 1), args.repeats) - best_seconds(decode(1), args.repeats)
+    ) / steps
+    prefill = best_seconds(prefill_only, args.repeats)
+    session_step = (best_seconds(session_steps(False), args.repeats) - prefill) / steps
+    session_lens_step = (best_seconds(session_steps(True), args.repeats) - prefill) / steps
+
+    n_bytes = weight_bytes(model)
+    limit_tok_s = bandwidth * 1e9 / n_bytes
+    ours_tok_s, reference_tok_s = n / ours_s, n / reference_s
+    results = {
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "new_tokens": n,
+        "prompt_tokens": len(prompt),
+        "same_tokens_as_transformers": same,
+        "first_difference": first_difference,
+        "ours_tok_s": round(ours_tok_s, 2),
+        "transformers_tok_s": round(reference_tok_s, 2),
+        "speedup_vs_transformers": round(ours_tok_s / reference_tok_s, 3),
+        "bandwidth_gb_s": round(bandwidth, 1),
+        "weight_bytes": n_bytes,
+        "bandwidth_limit_tok_s": round(limit_tok_s, 1),
+        "fraction_of_limit": round(ours_tok_s / limit_tok_s, 3),
+        "plain_step_ms": round(plain_step * 1e3, 2),
+        "session_step_ms": round(session_step * 1e3, 2),
+        "session_step_with_lens_ms": round(session_lens_step * 1e3, 2),
+        "session_over_plain": round(session_step / plain_step, 3),
+        "session_with_lens_over_plain": round(session_lens_step / plain_step, 3),
+    }
+    width = max(map(len, results))
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value}")
+    print(
+        f"\nours {ours_tok_s:.1f} tok/s = {ours_tok_s / reference_tok_s:.2f}x transformers (goal >= 2x), "
+        f"{100 * ours_tok_s / limit_tok_s:.0f}% of the {limit_tok_s:.0f} tok/s bandwidth limit "
+        "(goal >= 60%); "
+        f"session step {session_step / plain_step:.2f}x a plain step (goal <= 1.2), "
+        f"{session_lens_step / plain_step:.2f}x with the logit lens."
+    )
+    if not same:
+        print(f"WARNING: tokens differ from transformers from new token {first_difference} on.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
