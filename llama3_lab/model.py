@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+Device = torch.device | str | None
+
+
 def _hook(hook: HookPoint, x: torch.Tensor) -> torch.Tensor:
     """Pass ``x`` through ``hook``, skipping the module call when nothing is attached to it.
 
@@ -85,10 +88,10 @@ class RMSNorm(nn.Module):
     before the weight multiplies it (Meta's and Hugging Face's order: it matters in bf16).
     """
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, device: Device = None) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
         self.hook_scale = HookPoint("B P 1", "RMS of the input, sqrt(mean(x²) + eps)", dtype=torch.float32)
         self.hook_normalized = HookPoint("B P D", "x / RMS, before the norm weight")
         self.hook_out = HookPoint("B P D", "normalized · weight")
@@ -228,7 +231,7 @@ class Attention(nn.Module):
     and fused (``F.scaled_dot_product_attention``), chosen per forward by ``_use_eager``.
     """
 
-    def __init__(self, cfg: LlamaConfig, layer: int) -> None:
+    def __init__(self, cfg: LlamaConfig, layer: int, device: Device = None) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = (
@@ -239,10 +242,10 @@ class Attention(nn.Module):
         self.group = self.n_heads // self.n_kv_heads
         self.scale = self.head_dim**-0.5
         D, H, K, d = cfg.hidden_size, self.n_heads, self.n_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(D, H * d, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(D, K * d, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(D, K * d, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(H * d, D, bias=cfg.attention_bias)
+        self.q_proj = nn.Linear(D, H * d, bias=cfg.attention_bias, device=device)
+        self.k_proj = nn.Linear(D, K * d, bias=cfg.attention_bias, device=device)
+        self.v_proj = nn.Linear(D, K * d, bias=cfg.attention_bias, device=device)
+        self.o_proj = nn.Linear(H * d, D, bias=cfg.attention_bias, device=device)
         self.impl = "sdpa"  # set for the whole model by LlamaModel.attn_impl
         self.hook_q = HookPoint("B P H d", "queries, before RoPE")
         self.hook_k = HookPoint("B P K d", "keys, before RoPE (K/V heads not repeated)")
@@ -332,12 +335,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) · up(x)). Meta's names: w1 = gate_proj, w3 = up_proj, w2 = down_proj."""
 
-    def __init__(self, cfg: LlamaConfig) -> None:
+    def __init__(self, cfg: LlamaConfig, device: Device = None) -> None:
         super().__init__()
         D, M = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = nn.Linear(D, M, bias=cfg.mlp_bias)
-        self.up_proj = nn.Linear(D, M, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(M, D, bias=cfg.mlp_bias)
+        self.gate_proj = nn.Linear(D, M, bias=cfg.mlp_bias, device=device)
+        self.up_proj = nn.Linear(D, M, bias=cfg.mlp_bias, device=device)
+        self.down_proj = nn.Linear(M, D, bias=cfg.mlp_bias, device=device)
         self.hook_pre = HookPoint("B P M", "gate projection, before SiLU")
         self.hook_pre_linear = HookPoint("B P M", "up projection")
         self.hook_post = HookPoint("B P M", "silu(gate) · up, the input of down_proj")
@@ -354,15 +357,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One transformer layer: h = x + attn(ln1(x)); out = h + mlp(ln2(h))."""
 
-    def __init__(self, cfg: LlamaConfig, layer: int) -> None:
+    def __init__(self, cfg: LlamaConfig, layer: int, device: Device = None) -> None:
         super().__init__()
         self.hook_resid_pre = HookPoint("B P D", "residual stream into the block")
-        self.ln1 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg, layer)
+        self.ln1 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device)
+        self.attn = Attention(cfg, layer, device)
         self.hook_attn_out = HookPoint("B P D", "attention output (after o_proj)")
         self.hook_resid_mid = HookPoint("B P D", "resid_pre + attn_out")
-        self.ln2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.ln2 = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device)
+        self.mlp = MLP(cfg, device)
         self.hook_mlp_out = HookPoint("B P D", "MLP output")
         self.hook_resid_post = HookPoint("B P D", "resid_mid + mlp_out, the residual out of the block")
 
@@ -384,9 +387,9 @@ class Block(nn.Module):
 class Unembed(nn.Module):
     """Logits = x · Wᵀ; W is ``embed.weight`` itself when the embeddings are tied."""
 
-    def __init__(self, cfg: LlamaConfig) -> None:
+    def __init__(self, cfg: LlamaConfig, device: Device = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size, device=device))
         self.hook_out = HookPoint("B P V", "logits")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -426,21 +429,26 @@ class HookCatalogue(list):
 class LlamaModel(HookedRootModule):
     """A Llama 3 decoder: ``model(tokens) -> logits [B P V]`` with a hook point on every intermediate.
 
+    ``device="meta"`` builds the module tree without allocating weights (what the loaders fill in).
     ``attn_impl``: ``"sdpa"`` (default; falls back to eager for a layer whose scores or pattern are
     hooked) or ``"eager"``. ``tokenizer`` is attached by the loaders (None for a random model).
     """
 
-    def __init__(self, cfg: LlamaConfig, tokenizer: Any = None) -> None:
+    def __init__(self, cfg: LlamaConfig, tokenizer: Any = None, device: Device = None) -> None:
         super().__init__()
         self.cfg = cfg
         self._tokenizer = tokenizer
         self._tokenizer_loader: Callable[[], Any] | None = None
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # nn.Embedding's own init would run normal_ on meta tensors, whose first use imports ~2 s of torch.
+        embedding = torch.empty(cfg.vocab_size, cfg.hidden_size, device=device)
+        if embedding.device.type != "meta":
+            nn.init.normal_(embedding)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=embedding)
         self.hook_embed = HookPoint("B P D", "token embeddings")
         self.rope = Rotary(cfg)
-        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.num_hidden_layers))
-        self.ln_final = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.unembed = Unembed(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, layer, device) for layer in range(cfg.num_hidden_layers))
+        self.ln_final = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, device)
+        self.unembed = Unembed(cfg, device)
         self.tie_weights()
         self._attn_impl = "sdpa"
         self.setup_hooks()
@@ -470,8 +478,7 @@ class LlamaModel(HookedRootModule):
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        with torch.device("meta"):
-            model = cls(cfg)
+        model = cls(cfg, device="meta")
         model.to_empty(device=device)
         model.to(dtype)
         generator = torch.Generator(device=device).manual_seed(seed)

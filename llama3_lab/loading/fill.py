@@ -42,8 +42,7 @@ def fill_model(
     """
     from ..model import LlamaModel
 
-    with torch.device("meta"):
-        model = LlamaModel(cfg, tokenizer=tokenizer)
+    model = LlamaModel(cfg, tokenizer=tokenizer, device="meta")
     expected = dict(model.named_parameters())  # tied weights appear once, as embed.weight
     loaded: set[str] = set()
     unexpected: list[str] = []

@@ -133,8 +133,7 @@ def load_meta_dir(
     tied = "output.weight" not in first  # params.json does not say; the checkpoint does
     del first
     cfg = LlamaConfig.from_params_json(directory / "params.json", tie_word_embeddings=tied)
-    with torch.device("meta"):
-        shapes = {name: tuple(p.shape) for name, p in LlamaModel(cfg).named_parameters()}
+    shapes = {name: tuple(p.shape) for name, p in LlamaModel(cfg, device="meta").named_parameters()}
     tokenizer = None
     if (directory / "tokenizer.model").is_file():
         from ..tokenizer import load_tokenizer
