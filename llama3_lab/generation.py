@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import functools
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -688,23 +689,34 @@ class Session:
         self._resid_rows: list[torch.Tensor | None] = [None] * n_layers
 
         def keep_attention(layer: int):
-            def hook(pattern: torch.Tensor, _hook: Any) -> None:  # [B H Pq Pk] with Pq = 1
+            def hook(_module: Any, _args: Any, pattern: torch.Tensor) -> None:  # [B H Pq Pk] with Pq = 1
                 self._attention_rows[layer] = pattern[0, :, -1].detach().clone()
 
             return hook
 
         def keep_resid(layer: int):
-            def hook(resid: torch.Tensor, _hook: Any) -> None:  # [B P D]
+            def hook(_module: Any, _args: Any, resid: torch.Tensor) -> None:  # [B P D]
                 self._resid_rows[layer] = resid[0, -1].detach().clone()
 
             return hook
 
-        self._capture_hooks = [
-            (f"blocks.{layer}.attn.hook_pattern", keep_attention(layer)) for layer in range(n_layers)
-        ]
-        self._capture_hooks += [
-            (f"blocks.{layer}.hook_resid_post", keep_resid(layer)) for layer in range(n_layers)
-        ]
+        points = self.model.hook_dict
+        self._capture_hooks = []
+        for layer in range(n_layers):
+            self._capture_hooks.append((points[f"blocks.{layer}.attn.hook_pattern"], keep_attention(layer)))
+            self._capture_hooks.append((points[f"blocks.{layer}.hook_resid_post"], keep_resid(layer)))
+
+    @contextmanager
+    def _capturing(self) -> Iterator[None]:
+        """Attach the capture hooks for one forward. They are plain PyTorch forward hooks registered after
+        any user hooks, so they see what the user's hooks made of each tensor; registering them directly
+        (not through ``model.hooks``, which resolves names) keeps a step's overhead small."""
+        handles = [point.register_forward_hook(hook) for point, hook in self._capture_hooks]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _ensure_capacity(self, length: int) -> None:
         """Grow the cache (doubling, copying the filled part) when ``length`` positions do not fit."""
@@ -728,7 +740,7 @@ class Session:
         self._ensure_capacity(position)
         rng_state = self.generator.get_state()
         last = torch.tensor([[self.tokens[-1]]], device=self.model.device)
-        with torch.no_grad(), self.model.hooks(self._capture_hooks):
+        with torch.no_grad(), self._capturing():
             logits = self.model(last, cache=self.cache)[0, -1]
         with torch.no_grad():
             if forced is None:
