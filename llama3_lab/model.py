@@ -478,9 +478,8 @@ class LlamaModel(HookedRootModule):
         """
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        model = cls(cfg, device="meta")
-        model.to_empty(device=device)
-        model.to(dtype)
+        model = cls(cfg, device="meta").to(dtype)  # shapes and dtypes only: no memory yet
+        model.to_empty(device=device)  # one allocation per parameter, in its final dtype
         generator = torch.Generator(device=device).manual_seed(seed)
         with torch.no_grad():
             for name, param in model.named_parameters():
