@@ -239,7 +239,7 @@ viz.topk_bars(top.strings, top.probs, highlight=0, title=f"next token after {pro
 
 # %%
 norms = torch.stack(residuals)[:, 0].float().norm(dim=-1)  # [L+1, P]
-viz.residual_norms(norms, labels, layer_labels=["embed"] + [str(l) for l in range(cfg.num_hidden_layers)], title="‖residual‖ after each block", figsize=(5.5, 4.5))
+viz.residual_norms(norms, labels, layer_labels=["embed"] + [str(l) for l in range(cfg.num_hidden_layers)], title="‖residual‖: the embedding, then after each block", figsize=(5.5, 5.8))
 
 # %% [markdown]
 # ## 4. Common mistakes, measured
