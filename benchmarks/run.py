@@ -1,0 +1,574 @@
+"""The benchmark suite: one run, every figure of issues 3, 4, 5 and 8, a table, and ``benchmarks/RESULTS.md``.
+
+    .venv/bin/python benchmarks/run.py                    # full run on CPU, float32; writes RESULTS.md
+    .venv/bin/python benchmarks/run.py --quick            # smoke run (few reps, short inputs), no file
+    .venv/bin/python benchmarks/run.py --device cuda      # bfloat16 on the GPU
+    .venv/bin/python benchmarks/run.py --skip-transformers --fast-compile none
+
+On the embedded SmolLM2-135M-Instruct (``--model tiny``: a tiny random model, for tests), measured on
+whatever machine it runs on:
+
+- forward of 128 and 1,024 tokens without hooks, ours / transformers eager on the same weights (goal ≤ 1.0);
+- ``run_with_cache`` of every hook point / our forward (≤ 1.25) and of a few names (≤ 1.05);
+- greedy decode tokens/s, ours / transformers ``generate`` (≥ 2; both must give the same tokens), and as
+  a fraction of the memory-bandwidth limit measured in the same run (≥ 0.6 on CPU): weights bytes per
+  token over the best of several all-thread ``torch.sum`` over 1 GB (CUDA: a device copy);
+- the same for the opt-in fast decoder (``llama3_lab.fast.FastDecoder``: Inductor on CPU, CUDA graphs
+  on CUDA), with its compile time;
+- a ``Session`` step with its full record / a plain decode step (≤ 1.2);
+- load time of the embedded model from its cache; peak RSS of every phase.
+
+Each phase runs in a fresh subprocess so its peak RSS is its own (``--in-process`` to skip that). A
+ratio is the median of per-repetition ratios, the variants alternating within each repetition, printed
+with its interquartile range and min-max: a busy host slows both sides of a ratio alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402 - after the path set-up above
+    Spread,
+    alternate,
+    machine_info,
+    markdown_table,
+    peak_rss_mb,
+    ratio_spread,
+    read_bandwidth_gbps,
+    synchronize,
+    timed,
+    transformers_greedy,
+    transformers_twin,
+    weight_bytes,
+    write_section,
+)
+
+EMBEDDED = "smollm2-135m-instruct"
+PHASES = ("load", "forward", "hooks", "decode", "session")
+PROMPT = "Once upon a time, in a small village by the sea,"
+
+#: A tiny random Llama (GQA 8/2) for smoke runs: seconds, no assets.
+TINY_CONFIG = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=2048,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+@dataclass
+class Options:
+    """What to run; the command-line flags, also usable from tests."""
+
+    device: str = "cpu"
+    model: str = EMBEDDED  # or "tiny"
+    quick: bool = False
+    skip_transformers: bool = False
+    fast_compile: str = "auto"  # FastDecoder(compile=...): auto, inductor, eager, aot_eager, none
+    in_process: bool = False
+    threads: int | None = None
+    phases: tuple[str, ...] = PHASES
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if torch.device(self.device).type == "cuda" else torch.float32
+
+    @property
+    def reps(self) -> int:
+        return 2 if self.quick else 9
+
+    @property
+    def forward_lengths(self) -> tuple[int, ...]:
+        return (16, 64) if self.quick else (128, 1024)
+
+    @property
+    def new_tokens(self) -> int:
+        return 8 if self.quick else 64
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    phase: str
+    metric: str
+    value: str
+    goal: str = ""
+    ok: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: ""}[self.ok]
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def _torch_dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def build_model(opts: Options) -> Any:
+    """The model under test: the embedded SmolLM2 from its cache, or a tiny random model."""
+    from llama3_lab.config import LlamaConfig
+    from llama3_lab.loading import load_model
+    from llama3_lab.model import LlamaModel
+
+    if opts.model == "tiny":
+        return LlamaModel.from_config(
+            LlamaConfig(**TINY_CONFIG), seed=0, device=opts.device, dtype=opts.dtype
+        )
+    return load_model(opts.model, device=opts.device, dtype=opts.dtype, progress=False)
+
+
+def prompt_ids(model: Any) -> list[int]:
+    """The decode prompt: a sentence through the model's tokenizer, or fixed ids for a random model."""
+    if model.tokenizer is not None:
+        return model.tokenizer.encode(PROMPT)
+    return [
+        int(i)
+        for i in torch.randint(3, model.cfg.vocab_size, (12,), generator=torch.Generator().manual_seed(0))
+    ]
+
+
+def random_tokens(model: Any, length: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(length)
+    return torch.randint(3, model.cfg.vocab_size, (1, length), generator=generator).to(model.device)
+
+
+# ------------------------------------------------------------------------------------------- phases
+
+
+def phase_load(opts: Options) -> PhaseResult:
+    """Load time from the cached conversion (tiny: from a freshly saved HF directory)."""
+    result = PhaseResult("load")
+    start = time.perf_counter()
+    from llama3_lab.loading import converted_model_dir, load_model
+
+    import_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        if opts.model == "tiny":
+            source: str | Path = Path(tmp) / "tiny"
+            build_model(opts).save_pretrained(source)
+        else:
+            converted_model_dir(opts.model, progress=False)  # the one-time conversion, if not cached
+            source = opts.model
+        rss_before = peak_rss_mb()
+        with warnings.catch_warnings():  # the tiny model has no tokenizer, and says so
+            warnings.simplefilter("ignore")
+            seconds = timed(
+                lambda: load_model(source, device=opts.device, dtype=opts.dtype, progress=False), opts.device
+            )
+    result.data.update(load_s=seconds, import_s=import_s, rss_before_mb=rss_before)
+    result.rows.append(
+        Row("load", "load from cache", f"{seconds:.2f} s (import {import_s:.2f} s)", "< 2 s", seconds < 2)
+    )
+    return result
+
+
+def phase_forward(opts: Options) -> PhaseResult:
+    """Our forward without hooks vs transformers eager on the same weights, per length."""
+    result = PhaseResult("forward")
+    model = build_model(opts)
+    twin = None if opts.skip_transformers else transformers_twin(model, attn="eager")
+    for length in opts.forward_lengths:
+        tokens = random_tokens(model, length)
+        with torch.inference_mode():
+            variants: dict[str, Callable[[], Any]] = {"ours": lambda t=tokens: model(t)}
+            if twin is not None:
+                variants["transformers"] = lambda t=tokens: twin(t).logits
+                scale = model(tokens).float().abs().max().item()
+                diff = (model(tokens).float() - twin(tokens).logits.float()).abs().max().item()
+                result.data[f"max_abs_dlogit_{length}"] = diff
+            times = alternate(variants, opts.reps, warmup=1, device=opts.device)
+        ours = Spread.of(times["ours"])
+        result.data[f"ours_ms_{length}"] = ours.median * 1e3
+        if twin is None:
+            result.rows.append(
+                Row("forward", f"forward {length} tokens, ours", f"{ours.median * 1e3:.1f} ms")
+            )
+            continue
+        ratio = ratio_spread(times["ours"], times["transformers"])
+        result.data[f"ratio_{length}"] = ratio.as_dict()
+        theirs = Spread.of(times["transformers"]).median
+        result.rows.append(
+            Row(
+                "forward",
+                f"forward {length} tokens, ours / transformers eager "
+                f"({ours.median * 1e3:.1f} / {theirs * 1e3:.1f} ms; "
+                f"max abs Δlogit {diff:.1e} of {scale:.0f})",
+                ratio.text(),
+                "≤ 1.0",
+                ratio.median <= 1.0,
+            )
+        )
+    return result
+
+
+FEW_NAMES = ("hook_resid_post",)  # of three layers, chosen below from the model's depth
+
+
+def phase_hooks(opts: Options) -> PhaseResult:
+    """``run_with_cache`` of every hook point and of a few names, over our own forward without hooks."""
+    result = PhaseResult("hooks")
+    model = build_model(opts)
+    length = opts.forward_lengths[0]
+    tokens = random_tokens(model, length)
+    n_layers = model.cfg.num_hidden_layers
+    few = [
+        f"blocks.{layer}.hook_resid_post" for layer in sorted({n_layers // 6, n_layers // 2, n_layers - 1})
+    ]
+    with torch.inference_mode():
+        times = alternate(
+            {
+                "forward": lambda: model(tokens),
+                "few": lambda: model.run_with_cache(tokens, names_filter=few),
+                "all": lambda: model.run_with_cache(tokens),
+            },
+            opts.reps,
+            warmup=1,
+            device=opts.device,
+        )
+        _, cache = model.run_with_cache(tokens)
+        n_tensors, cache_mb = len(cache), cache.nbytes / 1e6
+        del cache
+    for key, goal, bound, label in (
+        ("all", "≤ 1.25", 1.25, f"run_with_cache, all {n_tensors} hook points ({cache_mb:.0f} MB)"),
+        ("few", "≤ 1.05", 1.05, f"run_with_cache, {len(few)} names"),
+    ):
+        ratio = ratio_spread(times[key], times["forward"])
+        result.data[f"ratio_{key}"] = ratio.as_dict()
+        result.rows.append(
+            Row("hooks", f"{label} / forward, {length} tokens", ratio.text(), goal, ratio.median <= bound)
+        )
+    return result
+
+
+def phase_decode(opts: Options) -> PhaseResult:
+    """Greedy tokens/s: ours (eager), the fast decoder, transformers ``generate``; the bandwidth limit."""
+    from llama3_lab.fast import FastDecoder
+    from llama3_lab.generation import generate_tokens
+
+    result = PhaseResult("decode")
+    model = build_model(opts)
+    prompt = prompt_ids(model)
+    n = opts.new_tokens
+
+    def ours() -> list[int]:
+        return list(generate_tokens(model, prompt, n, temperature=0))
+
+    variants: dict[str, Callable[[], list[int]]] = {"ours": ours}
+    outputs = {"ours": ours()}
+    if not opts.skip_transformers:
+        twin = transformers_twin(model, attn="eager")
+        variants["transformers"] = lambda: transformers_greedy(twin, prompt, n)
+        outputs["transformers"] = variants["transformers"]()
+    if opts.fast_compile != "skip":
+        compile_mode = None if opts.fast_compile == "none" else opts.fast_compile
+        decoder = FastDecoder(model, len(prompt) + n, compile=compile_mode)
+        compile_s = timed(lambda: decoder.generate_greedy(prompt, n), opts.device)  # compiles / captures
+        result.data["fast_first_call_s"] = compile_s
+        variants["fast"] = lambda: decoder.generate_greedy(prompt, n)
+        outputs["fast"] = variants["fast"]()
+        result.data["fast_compile"] = repr(decoder)
+
+    times = alternate(variants, max(2, opts.reps // 3), warmup=0, device=opts.device)
+    rss = peak_rss_mb()  # before the 1 GB bandwidth buffer
+    n_buffer = (64 << 20) if opts.quick else (1 << 30)  # quick runs only check that it works
+    bandwidth = max(
+        read_bandwidth_gbps(opts.device, n_buffer, repeats=3 if opts.quick else 5) for _ in range(3)
+    )
+    n_bytes = weight_bytes(model)
+    limit = bandwidth * 1e9 / n_bytes
+    result.data.update(bandwidth_gb_s=bandwidth, weight_bytes=n_bytes, limit_tok_s=limit, rss_mb=rss)
+    result.rows.append(
+        Row(
+            "decode",
+            f"memory bandwidth (best of several {n_buffer >> 20} MiB passes)",
+            f"{bandwidth:.1f} GB/s → limit {limit:.0f} tok/s ({n_bytes / 1e6:.0f} MB of weights per token)",
+        )
+    )
+
+    tok_s = {name: Spread.of([n / t for t in samples]) for name, samples in times.items()}
+    for name, spread in tok_s.items():
+        result.data[f"{name}_tok_s"] = spread.as_dict()
+    goal_fraction = 0.6 if torch.device(opts.device).type == "cpu" else 0.7
+    for name, label in (("ours", "ours (eager)"), ("fast", "fast decoder")):
+        if name not in tok_s:
+            continue
+        same = outputs[name] == outputs.get("transformers", outputs["ours"])
+        result.data[f"{name}_same_tokens"] = same
+        if "transformers" in times:
+            speedup = ratio_spread(times["transformers"], times[name])
+            result.rows.append(
+                Row(
+                    "decode",
+                    f"greedy {n} tokens, {label} / transformers generate, tok/s "
+                    f"({tok_s[name].median:.1f} / {tok_s['transformers'].median:.1f}; same tokens: {same})",
+                    speedup.text(),
+                    "≥ 2",
+                    speedup.median >= 2 and same,
+                )
+            )
+        fraction = Spread.of([s / limit for s in [n / t for t in times[name]]])
+        result.rows.append(
+            Row(
+                "decode",
+                f"{label} fraction of the bandwidth limit ({tok_s[name].median:.1f} tok/s)",
+                fraction.text(),
+                f"≥ {goal_fraction}",
+                fraction.median >= goal_fraction,
+            )
+        )
+    if "fast" in tok_s:
+        result.rows.append(
+            Row(
+                "decode",
+                "fast decoder first call (compile or capture + one generation)",
+                f"{result.data['fast_first_call_s']:.1f} s",
+            )
+        )
+    return result
+
+
+def phase_session(opts: Options) -> PhaseResult:
+    """A ``Session`` step with its full record vs a plain cached decode step, in alternating chunks."""
+    from llama3_lab.generation import Session, sample_next
+    from llama3_lab.kv_cache import KVCache
+
+    result = PhaseResult("session")
+    model = build_model(opts)
+    prompt = prompt_ids(model)
+    chunk, rounds = (2, 2) if opts.quick else (8, 6)
+    capacity = len(prompt) + chunk * (rounds + 1) + 1
+    session = Session(model, prompt, temperature=0, max_length=capacity)
+    cache = KVCache.allocate(model, 1, max_length=capacity)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt], device=model.device), cache=cache)[0, -1]
+    state = {"logits": logits}
+
+    def plain_steps() -> None:
+        with torch.no_grad():
+            for _ in range(chunk):
+                token = sample_next(state["logits"], temperature=0)
+                int(token)  # the host reads the id, as generate does
+                state["logits"] = model(token.view(1, 1), cache=cache)[0, -1]
+
+    times = alternate(
+        {"session": lambda: session.step(chunk), "plain": plain_steps}, rounds, warmup=1, device=opts.device
+    )
+    ratio = ratio_spread(times["session"], times["plain"])
+    result.data["ratio"] = ratio.as_dict()
+    step_ms = Spread.of(times["plain"]).median / chunk * 1e3
+    result.rows.append(
+        Row(
+            "session",
+            f"session step with record / plain decode step ({step_ms:.1f} ms plain)",
+            ratio.text(),
+            "≤ 1.2",
+            ratio.median <= 1.2,
+        )
+    )
+    return result
+
+
+PHASE_FUNCTIONS: dict[str, Callable[[Options], PhaseResult]] = {
+    "load": phase_load,
+    "forward": phase_forward,
+    "hooks": phase_hooks,
+    "decode": phase_decode,
+    "session": phase_session,
+}
+
+
+def run_phase(name: str, opts: Options) -> PhaseResult:
+    """One phase in this process, with its peak RSS (meaningful when the process ran nothing else)."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    result = PHASE_FUNCTIONS[name](opts)
+    synchronize(opts.device)
+    rss = result.data.get("rss_mb", peak_rss_mb())
+    result.data["peak_rss_mb"] = rss
+    extra = ""
+    if torch.device(opts.device).type == "cuda":
+        result.data["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 1e6
+        extra = f", GPU peak {result.data['cuda_peak_mb']:.0f} MB"
+    result.rows.append(Row(name, "peak RSS of the phase", f"{rss:.0f} MB{extra}"))
+    return result
+
+
+def run_phase_subprocess(name: str, opts: Options) -> PhaseResult:
+    """Run one phase in a fresh interpreter (clean peak RSS) and read back its result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "phase.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--phase-json", str(out)]
+        command += _flags(opts)
+        completed = subprocess.run(command, cwd=ROOT, text=True, capture_output=True)
+        if completed.returncode != 0:
+            raise RuntimeError(f"phase {name!r} failed:\n{completed.stdout}\n{completed.stderr}")
+        payload = json.loads(out.read_text())
+    return PhaseResult(name, [Row(**row) for row in payload["rows"]], payload["data"])
+
+
+def _flags(opts: Options) -> list[str]:
+    flags = ["--device", opts.device, "--model", opts.model, "--fast-compile", opts.fast_compile]
+    flags += ["--quick"] * opts.quick + ["--skip-transformers"] * opts.skip_transformers
+    flags += ["--threads", str(opts.threads)] if opts.threads else []
+    return flags
+
+
+def run_all(opts: Options, echo: Callable[[str], None] = print) -> list[PhaseResult]:
+    results = []
+    for name in opts.phases:
+        echo(f"[{time.strftime('%H:%M:%S')}] phase {name} ...")
+        result = run_phase(name, opts) if opts.in_process else run_phase_subprocess(name, opts)
+        for row in result.rows:
+            echo(
+                f"    {row.metric}: {row.value}" + (f"  [goal {row.goal}: {row.verdict}]" if row.goal else "")
+            )
+        results.append(result)
+    return results
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def render(results: list[PhaseResult], info: dict[str, Any], opts: Options) -> str:
+    """The Markdown section for RESULTS.md: the machine, the date, the table, and the goals missed."""
+    rows = [row for result in results for row in result.rows]
+    model = "SmolLM2-135M-Instruct (embedded)" if opts.model == EMBEDDED else opts.model
+    lines = [
+        f"## `benchmarks/run.py` on {info['device']} ({_torch_dtype_name(opts.dtype)})"
+        + (" — QUICK smoke run" if opts.quick else ""),
+        "",
+        f"- date: {info['date']}",
+        f"- machine: {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads"
+        + (f"; GPU {info['gpu']} (CUDA {info['cuda']})" if "gpu" in info else "; no GPU used"),
+        f"- software: torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}",
+        f"- load average at start: {info['load_average']} (figures from a loaded host are noisy)",
+        f"- model: {model}; fast decoder compile: {opts.fast_compile}",
+        "- ratios: median of per-repetition ratios (variants alternating), IQR and min-max in brackets",
+        "",
+        markdown_table(
+            ["phase", "metric", "value", "goal", "verdict"],
+            [[r.phase, r.metric, r.value, r.goal, r.verdict] for r in rows],
+        ),
+    ]
+    missed = [r for r in rows if r.ok is False]
+    lines += ["", f"Goals met: {sum(r.ok is True for r in rows)} of {sum(r.ok is not None for r in rows)}."]
+    if missed:
+        lines += [
+            "Missed: "
+            + "; ".join(f"{r.metric} = {r.value.split(' ')[0]} (goal {r.goal})" for r in missed)
+            + "."
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespace]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (float32) or cuda (bfloat16)")
+    parser.add_argument("--model", default=EMBEDDED, help=f"{EMBEDDED} (default), a model path, or 'tiny'")
+    parser.add_argument("--quick", action="store_true", help="short smoke run: few reps, short inputs")
+    parser.add_argument("--skip-transformers", action="store_true", help="time ours only")
+    parser.add_argument(
+        "--fast-compile",
+        default="auto",
+        help="FastDecoder compile: auto (Inductor on CPU, CUDA graph on GPU), inductor, eager, aot_eager, "
+        "none (static step, no compile), skip (no fast decoder)",
+    )
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {PHASES}")
+    parser.add_argument(
+        "--in-process", action="store_true", help="no subprocess per phase (RSS not per phase)"
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--output", default=None, help="results file (default: benchmarks/RESULTS.md, not with --quick)"
+    )
+    parser.add_argument("--json", default=None, help="also write every figure as JSON here")
+    parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--phase-json", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {PHASES}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for, but torch sees no CUDA device (CPU-only build or no GPU).")
+    opts = Options(
+        device=args.device,
+        model=args.model,
+        quick=args.quick,
+        skip_transformers=args.skip_transformers,
+        fast_compile=args.fast_compile,
+        in_process=args.in_process,
+        threads=args.threads,
+        phases=phases,
+    )
+    return opts, args
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts, args = parse_args(argv)
+    if args.phase:  # a child process running one phase for the orchestrator
+        result = run_phase(args.phase, opts)
+        Path(args.phase_json).write_text(
+            json.dumps({"rows": [asdict(r) for r in result.rows], "data": result.data})
+        )
+        return
+    info = machine_info(opts.device)
+    print(
+        f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, device {opts.device}, "
+        f"load {info['load_average']}"
+    )
+    results = run_all(opts)
+    text = render(results, info, opts)
+    print()
+    print(text)
+    output = args.output or (None if opts.quick else str(Path(__file__).resolve().parent / "RESULTS.md"))
+    if output:
+        write_section(f"run-{torch.device(opts.device).type}", text, Path(output))
+        print(f"\nwritten to {output}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"machine": info, **{r.name: r.data for r in results}}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""Opt-in fast decoding: a fixed-shape decode step over the preallocated KV cache, compiled or graph-captured.
+
+The eager path (``model(token, cache=cache)``) is what notebooks should use: every hook fires, every
+shape is the length seen so far. Its price is Python work per step and shapes that change with every
+token, which keep ``torch.compile`` and CUDA graphs out. ``FastDecoder`` trades the hooks for speed:
+
+    decoder = FastDecoder(model, max_length=len(prompt) + 256)
+    logits = decoder.prefill(prompt)            # the model's own forward (fused SDPA), fills the cache
+    logits = decoder.step(token)                # one token at position decoder.position, fixed shapes
+    ids = decoder.generate_greedy(prompt, 256)  # whole greedy loop; on CUDA no host sync per token
+
+Why a step of its own. A decode step has one query at position p. The model's attention attends over
+``cache[:p + 1]``, a shape that grows every step; here the query attends over the *whole* preallocated
+cache ``[B, K, T_max, d]`` with the mask ``key position ≤ p``, and the new K/V are written with
+``index_copy_`` at a position held in a tensor. Every tensor then has the same shape at every step, so
+the step can be compiled once (CPU: Inductor, ``mode="max-autotune-no-cudagraphs"``, weights frozen so
+oneDNN pre-packs them) or captured once as a CUDA graph and replayed. Masked keys get probability
+exactly 0, so the result is the eager result up to summation order; greedy tokens are tested equal.
+
+Everything else is the model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1, ln2,
+ln_final), the q/k/v/o projections, ``apply_rotary`` with the model's float32 RoPE tables, ``MLP``,
+``unembed``; the block is the same ``h = x + attn(ln1(x)); out = h + mlp(ln2(h))``. Hook points are
+not visited: a decoder refuses to run while hooks are registered (use the eager path to look inside).
+
+Also here: ``run_with_cache_offloaded``, ``run_with_cache`` with activations copied to pinned CPU memory
+asynchronously on CUDA (the copies overlap the rest of the forward; one sync at the end).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules import module as _torch_module
+
+from .kv_cache import KVCache
+from .model import apply_rotary
+
+if TYPE_CHECKING:
+    from .hooks import ActivationCache
+    from .model import Attention, LlamaModel
+
+COMPILE_MODE_CPU = "max-autotune-no-cudagraphs"
+
+
+class FastPathError(RuntimeError):
+    """The fast decoder cannot run in the requested way (hooks active, CUDA missing, cache full...)."""
+
+
+def _active_hooks(model: LlamaModel) -> list[str]:
+    """Names of hook points with something registered (global module hooks count for all)."""
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        return ["<global module hooks>"]
+    return [
+        name for name, point in model.hook_dict.items() if point._forward_hooks or point._forward_pre_hooks
+    ]
+
+
+class FastDecoder:
+    """Fixed-shape greedy/sampling decoder for ``model`` with a static KV cache of ``max_length`` positions.
+
+    ``compile``: ``"auto"`` (Inductor on CPU; nothing on CUDA, where the CUDA graph removes the Python
+    cost), ``"inductor"``, another ``torch.compile`` backend name (``"eager"``, ``"aot_eager"``: quick,
+    for tests), or ``None`` (plain eager step). ``cuda_graph``: capture the step as a CUDA graph
+    (default: on CUDA). ``freeze_weights``: let Inductor treat the weights as constants (CPU: pre-packed
+    oneDNN layouts; costs a second copy of the weights and ignores later edits of them).
+
+    The first compiled step takes long (CPU Inductor: one to a few minutes for a 30-layer model): this
+    is a mode for long generations and benchmarks, not for notebooks that change hooks every cell.
+    """
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        max_length: int,
+        batch_size: int = 1,
+        compile: str | None = "auto",  # noqa: A002 - the natural name; shadows the builtin only here
+        cuda_graph: bool | None = None,
+        freeze_weights: bool = True,
+    ) -> None:
+        self.model = model
+        self.device = model.device
+        self.options = {"batch_size": batch_size, "compile": compile, "cuda_graph": cuda_graph}
+        self.options["freeze_weights"] = freeze_weights
+        on_cuda = self.device.type == "cuda"
+        if cuda_graph and not on_cuda:
+            raise FastPathError(
+                f"cuda_graph=True needs a model on a CUDA device; this one is on {self.device}. "
+                "Move it with model.to('cuda') or leave cuda_graph unset."
+            )
+        self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
+        self.compile = ("inductor" if not on_cuda else None) if compile == "auto" else compile
+        self.freeze_weights = freeze_weights
+        self.cache = KVCache.allocate(model, batch_size=batch_size, max_length=max_length)
+        for tensor in self.cache.keys + self.cache.values:
+            tensor.zero_()  # masked slots get weight 0, but 0 · NaN from uninitialised memory would be NaN
+        cos, sin = model.rope(0, max_length)  # the model's float32 tables [T d], one row per position
+        self._cos, self._sin = cos.clone(), sin.clone()
+        self._key_positions = torch.arange(max_length, device=self.device)
+        self._token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+        self._position = torch.zeros((), dtype=torch.long, device=self.device)
+        self.position = 0  # host copy of the position of the next token to be fed
+        self._advance: Callable[[], tuple[torch.Tensor, torch.Tensor]] = self._build_advance()
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- properties -----------------------------------------------------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        return self.cache.max_length
+
+    @property
+    def batch_size(self) -> int:
+        return self.cache.batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"FastDecoder(position={self.position}/{self.max_length}, batch={self.batch_size}, "
+            f"compile={self.compile!r}, cuda_graph={self.cuda_graph}, device={self.device})"
+        )
+
+    # -- the fixed-shape step -------------------------------------------------------------------------
+
+    def _attention(
+        self, attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """The model's attention for one query at ``self._position``, over the whole static cache.
+
+        Same projections, RoPE and GQA kernel as ``Attention``; what differs is the cache write
+        (``index_copy_`` at a tensor position) and the mask ``key ≤ position`` over all T_max keys, so
+        that no shape depends on the position.
+        """
+        B = x.shape[0]
+        H, K, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        q = attn.q_proj(x).view(B, 1, H, d)  # b p (h d) -> b p h d
+        k = attn.k_proj(x).view(B, 1, K, d)
+        v = attn.v_proj(x).view(B, 1, K, d)
+        rot_q, rot_k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values = self.cache.keys[attn.layer], self.cache.values[attn.layer]  # [B K T d]
+        slot = self._position.view(1)
+        keys.index_copy_(2, slot, rot_k.transpose(1, 2))
+        values.index_copy_(2, slot, v.transpose(1, 2))
+        visible = (self._key_positions <= self._position).view(1, 1, 1, -1)  # [1 1 1 T]: keys ≤ position
+        z = F.scaled_dot_product_attention(
+            rot_q.transpose(1, 2), keys, values, attn_mask=visible, enable_gqa=True
+        )  # [B H 1 d]
+        return attn.o_proj(z.transpose(1, 2).reshape(B, 1, H * d))  # b h p d -> b p (h d)
+
+    def _logits_step(self) -> torch.Tensor:
+        """Logits [B V] of ``self._token`` at ``self._position``; writes its K/V into the cache."""
+        model = self.model
+        slot = self._position.view(1)
+        cos, sin = self._cos.index_select(0, slot), self._sin.index_select(0, slot)  # [1 d]
+        x = model.embed(self._token)  # [B 1 D]
+        for block in model.blocks:
+            h = x + self._attention(block.attn, block.ln1(x), cos, sin)
+            x = h + block.mlp(block.ln2(h))
+        return model.unembed(model.ln_final(x))[:, -1]
+
+    def _advance_impl(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step, then the greedy token becomes the next input and the position advances (in place)."""
+        logits = self._logits_step()
+        greedy = logits.argmax(dim=-1)  # [B]
+        self._token.copy_(greedy.view(-1, 1))
+        self._position.add_(1)
+        return logits, greedy
+
+    def _build_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        if self.compile is None:
+            return self._advance_impl
+        if self.compile == "inductor":
+            mode = COMPILE_MODE_CPU if self.device.type == "cpu" else "max-autotune-no-cudagraphs"
+            compiled = torch.compile(self._advance_impl, mode=mode, fullgraph=True, dynamic=False)
+        else:
+            compiled = torch.compile(self._advance_impl, backend=self.compile, fullgraph=True, dynamic=False)
+        freeze = self.compile == "inductor" and self.freeze_weights
+
+        def advance() -> tuple[torch.Tensor, torch.Tensor]:
+            if freeze:
+                import torch._inductor.config as inductor_config
+
+                with inductor_config.patch(freezing=True):
+                    return compiled()
+            return compiled()
+
+        return advance
+
+    def _run_advance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position >= self.max_length:
+            raise FastPathError(
+                f"the decoder's cache is full ({self.max_length} positions): build a FastDecoder with a "
+                "larger max_length."
+            )
+        with torch.inference_mode():
+            if self.cuda_graph:
+                if self._graph is None:
+                    self._capture()
+                self._graph.replay()
+                out = self._graph_out
+            else:
+                out = self._advance()
+        self.position += 1
+        return out
+
+    def _capture(self) -> None:
+        """Record one advance as a CUDA graph (after warm-up on a side stream, as PyTorch requires).
+
+        Warm-up steps write K/V at the current position; the real step at that position overwrites
+        them before anything reads them, and the token/position buffers are restored afterwards.
+        """
+        token, position = self._token.clone(), self._position.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._advance()
+                self._token.copy_(token)
+                self._position.copy_(position)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._advance()
+        # capture does not execute the kernels: the buffers still hold token/position
+        self._graph, self._graph_out = graph, out
+
+    # -- public API -----------------------------------------------------------------------------------
+
+    def check_no_hooks(self) -> None:
+        """Raise if hooks are registered on the model: the fast step never visits hook points."""
+        active = _active_hooks(self.model)
+        if active:
+            shown = ", ".join(active[:5]) + (" ..." if len(active) > 5 else "")
+            raise FastPathError(
+                f"hooks are registered on {len(active)} hook point(s) ({shown}), but the fast decoder "
+                "does not visit hook points. Use the eager path (model.generate without fast=True, or a "
+                "Session) to hook or record steps, or remove the hooks (model.reset_hooks())."
+            )
+
+    def reset(self) -> None:
+        """Forget every position (the cache memory and compiled step are kept)."""
+        self.position = 0
+        self.cache.reset()
+
+    def prefill(self, tokens: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Run the prompt through the model's own forward (fused SDPA attention), filling the cache.
+
+        Starts from an empty cache. Returns the logits of the last prompt position, ``[B, V]``.
+        """
+        self.check_no_hooks()
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        tokens = tokens[None] if tokens.dim() == 1 else tokens
+        if tokens.shape[0] != self.batch_size:
+            raise FastPathError(f"the decoder was built for batch {self.batch_size}, got {tokens.shape[0]}.")
+        if tokens.shape[1] >= self.max_length:
+            raise FastPathError(
+                f"a prompt of {tokens.shape[1]} tokens leaves no room to decode in a cache of "
+                f"{self.max_length} positions: build the decoder with max_length > prompt length."
+            )
+        self.reset()
+        with torch.inference_mode():
+            logits = self.model(tokens, cache=self.cache)[:, -1]
+        self.position = self.cache.length
+        self._position.fill_(self.position)
+        return logits
+
+    def step(self, token: int | torch.Tensor) -> torch.Tensor:
+        """Feed ``token`` (an id, or ids ``[B]`` / ``[B, 1]``) at ``self.position``; next logits ``[B, V]``.
+
+        The returned tensor is a copy (the graph's output buffer is reused by the next step).
+        """
+        token = torch.as_tensor(token, dtype=torch.long, device=self.device).reshape(-1, 1)
+        self._token.copy_(token.expand(self.batch_size, 1))
+        self._position.fill_(self.position)
+        logits, _ = self._run_advance()
+        self.cache.length = self.position
+        return logits.clone()
+
+    def generate_greedy(
+        self, prompt: torch.Tensor | Sequence[int], max_new_tokens: int, stop_ids: Iterable[int] = ()
+    ) -> list[int]:
+        """Greedy continuation of ``prompt`` (batch 1): the new ids, ending at a stop id if one comes.
+
+        The argmax and the next input stay on the device; with no ``stop_ids`` the host reads the
+        tokens only at the end (CUDA: the graph is replayed ``max_new_tokens - 1`` times back to back).
+        """
+        if self.batch_size != 1:
+            raise FastPathError("generate_greedy is for batch 1; use prefill/step for batches.")
+        prompt = list(prompt.flatten().tolist()) if isinstance(prompt, torch.Tensor) else list(prompt)
+        if len(prompt) + max_new_tokens > self.max_length + 1:
+            raise FastPathError(
+                f"prompt {len(prompt)} + {max_new_tokens} new tokens need a cache of "
+                f"{len(prompt) + max_new_tokens - 1} positions; this decoder holds {self.max_length}: "
+                "build it with a larger max_length."
+            )
+        if max_new_tokens <= 0:
+            return []
+        stop_ids = frozenset(stop_ids)
+        first = self.prefill(prompt).argmax(dim=-1)  # [1]
+        self._token.copy_(first.view(1, 1))
+        new = [first]
+        for _ in range(max_new_tokens - 1):
+            if stop_ids and int(new[-1]) in stop_ids:  # a host sync per token only when stops are asked
+                break
+            _, greedy = self._run_advance()
+            new.append(greedy.clone())
+        self.cache.length = self.position
+        ids = torch.cat(new).tolist()
+        for i, token in enumerate(ids):
+            if token in stop_ids:
+                return ids[: i + 1]
+        return ids
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoders kept per model, so repeated generate(..., fast=True) calls compile once
+# --------------------------------------------------------------------------------------------------
+
+_DECODERS: weakref.WeakKeyDictionary[Any, FastDecoder] = weakref.WeakKeyDictionary()
+_CAPACITY_STEP = 256
+
+
+def fast_decoder(model: LlamaModel, length: int, **options: Any) -> FastDecoder:
+    """The model's cached ``FastDecoder`` if it holds ``length`` positions with these options, else a new one.
+
+    Capacity is rounded up to a multiple of 256 so that nearby lengths share one compiled step.
+    """
+    decoder = _DECODERS.get(model)
+    capacity = -(-length // _CAPACITY_STEP) * _CAPACITY_STEP
+    capacity = min(capacity, model.cfg.max_position_embeddings)
+    if (
+        decoder is None
+        or decoder.max_length < length
+        or decoder.device != model.device
+        or decoder.cache.dtype != model.dtype
+        or decoder.options != {**decoder.options, **options}
+    ):
+        decoder = FastDecoder(model, capacity, **options)
+        _DECODERS[model] = decoder
+    return decoder
+
+
+def fast_generate_tokens(
+    model: LlamaModel,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int = 256,
+    temperature: float = 0.6,
+    top_p: float = 0.9,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    stop_ids: Iterable[int] = (),
+    **options: Any,
+) -> Iterator[int]:
+    """``generation.generate_tokens`` on the fast decoder: same arguments, same tokens for greedy.
+
+    What ``model.generate(..., fast=True)`` runs. Greedy decoding keeps the argmax on the device;
+    sampling uses ``generation.sample_next`` on the step's logits. Hooks must not be registered.
+    """
+    from .generation import check_length, check_sampling, sample_next
+
+    check_sampling(temperature, top_p, top_k)
+    check_length(model, len(prompt_ids), max_new_tokens)
+    if max_new_tokens == 0:
+        return
+    decoder = fast_decoder(model, len(prompt_ids) + max_new_tokens, **options)
+    stop_ids = frozenset(stop_ids)
+    if temperature == 0:
+        yield from decoder.generate_greedy(prompt_ids, max_new_tokens, stop_ids)
+        return
+    logits = decoder.prefill(list(prompt_ids))[0]
+    for step in range(max_new_tokens):
+        with torch.inference_mode():
+            token = int(sample_next(logits, temperature, top_p, top_k, generator))
+        yield token
+        if token in stop_ids or step == max_new_tokens - 1:
+            return
+        logits = decoder.step(token)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Activation caches offloaded to pinned CPU memory
+# --------------------------------------------------------------------------------------------------
+
+
+def run_with_cache_offloaded(
+    model: LlamaModel,
+    tokens: Any,
+    names_filter: Any = None,
+    dtype: torch.dtype | None = None,
+    budget_bytes: int | None = None,
+) -> tuple[torch.Tensor, ActivationCache]:
+    """``model.run_with_cache(..., device="cpu")`` without stalling the GPU at every hook point.
+
+    ``run_with_cache(device="cpu")`` does a blocking ``.to("cpu")`` inside each hook: the GPU idles
+    while every activation crosses PCIe. Here, on CUDA, each activation is copied into a *pinned* CPU
+    buffer with ``non_blocking=True`` on a side stream that waits only for the work already queued, so
+    the copies overlap the rest of the forward; one synchronisation at the end makes the cache safe to
+    read. On CPU there is nothing to move: this is ``run_with_cache(tokens, names_filter, dtype=dtype)``.
+    The memory budget (default: the host's free memory less a margin) is checked before running.
+    """
+    if model.device.type != "cuda":
+        return model.run_with_cache(tokens, names_filter=names_filter, dtype=dtype, budget_bytes=budget_bytes)
+
+    from .hooks import ActivationCache, MemoryBudgetError, free_memory_bytes
+
+    ids = model.to_tokens(tokens)
+    names = model.resolve_names(names_filter)
+    estimate = model.estimate_cache_bytes(ids, names_filter=names, dtype=dtype)
+    budget = (
+        budget_bytes
+        if budget_bytes is not None
+        else int(model.cache_budget_fraction * free_memory_bytes("cpu"))
+    )
+    if estimate > budget:
+        raise MemoryBudgetError(
+            f"caching {len(names)} hook points to CPU needs about {estimate / 2**30:.2f} GiB of pinned "
+            f"memory but the budget is {budget / 2**30:.2f} GiB: pass a names_filter, a shorter prompt, "
+            "or budget_bytes=...",
+            estimate,
+            budget,
+        )
+
+    main = torch.cuda.current_stream(model.device)
+    copier = torch.cuda.Stream(model.device)
+    store: dict[str, torch.Tensor] = {}
+
+    def offload(name: str) -> Callable[[torch.Tensor, Any], None]:
+        def hook(tensor: torch.Tensor, _hook: Any) -> None:
+            source = (
+                tensor.detach()
+                if dtype is None or not tensor.is_floating_point()
+                else tensor.detach().to(dtype)
+            )
+            pinned = torch.empty(source.shape, dtype=source.dtype, device="cpu", pin_memory=True)
+            copier.wait_stream(main)  # the copy starts once the tensor exists, not before
+            with torch.cuda.stream(copier):
+                pinned.copy_(source, non_blocking=True)
+            source.record_stream(copier)  # the allocator must not reuse it before the copy ran
+            store[name] = pinned
+
+        return hook
+
+    with torch.no_grad(), model.hooks([(name, offload(name)) for name in names]):
+        logits = model(ids)
+    copier.synchronize()
+    shapes = {name: model.hook_dict[name].shape for name in store}
+    return logits, ActivationCache(store, model, shapes, tokens=ids)
