@@ -19,7 +19,8 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -52,6 +53,26 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
+@contextmanager
+def linear_kernel(model: torch.nn.Module, kind: str) -> Iterator[None]:
+    """Temporarily compute every ``nn.Linear`` of ``model`` another way: ``"matmul"`` (``x @ W.T``) or
+    ``"mkl_packed"`` (MKL's pre-packed weights, what Inductor uses for float32 on CPU). A measurement of
+    what a model-side fast path would give, not a fast path itself."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is None]
+    for linear in linears:
+        weight = linear.weight
+        if kind == "matmul":
+            linear.forward = lambda x, weight=weight: x @ weight.T
+        else:
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 1)
+            linear.forward = lambda x, w=weight, p=packed: torch.ops.mkl._mkl_linear(x, p, w, None, 1)
+    try:
+        yield
+    finally:
+        for linear in linears:
+            del linear.forward  # back to the class's forward
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,6 +82,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--prompt", default="Once upon a time, in a small village by the sea,")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument(
+        "--what-if",
+        action="store_true",
+        help="also time the model with its nn.Linear layers computed as x @ W.T and as MKL pre-packed "
+        "matmuls (model-side options; the model is restored afterwards)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,6 +160,17 @@ def main() -> None:
     session_step = (best_seconds(session_steps(False), args.repeats) - prefill) / steps
     session_lens_step = (best_seconds(session_steps(True), args.repeats) - prefill) / steps
 
+    what_if = {}
+    if args.what_if:
+        for kind in ("matmul", "mkl_packed"):
+            with linear_kernel(model, kind):
+                tokens = list(generate_tokens(model, prompt, n, temperature=0))
+                seconds = best_seconds(
+                    lambda: list(generate_tokens(model, prompt, n, temperature=0)), args.repeats
+                )
+            what_if[f"what_if_{kind}_tok_s"] = round(n / seconds, 2)
+            what_if[f"what_if_{kind}_same_tokens"] = tokens == reference_tokens
+
     n_bytes = weight_bytes(model)
     limit_tok_s = bandwidth * 1e9 / n_bytes
     ours_tok_s, reference_tok_s = n / ours_s, n / reference_s
@@ -156,6 +194,7 @@ def main() -> None:
         "session_step_with_lens_ms": round(session_lens_step * 1e3, 2),
         "session_over_plain": round(session_step / plain_step, 3),
         "session_with_lens_over_plain": round(session_lens_step / plain_step, 3),
+        **what_if,
     }
     width = max(map(len, results))
     for key, value in results.items():

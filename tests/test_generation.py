@@ -399,7 +399,7 @@ def test_cli_chat_keeps_the_conversation_and_obeys_commands(cli_with_smollm2, ca
     monkeypatch.setattr(generation, "generate", spy)
     lines = "What is the capital of France?\nAnd of Italy?\n/reset\nHello\n/exit\nnever read\n"
     monkeypatch.setattr("sys.stdin", io.StringIO(lines))
-    assert cli_with_smollm2.main(["chat", "--temperature", "0", "--max-new-tokens", "9"]) == 0
+    assert cli_with_smollm2.main(["chat", "--temperature", "0", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and out[0] == "The capital of France is Paris."
     assert [len(p) for p in prompts] == [1, 3, 1]  # the second turn carries the first; /reset forgets it
