@@ -315,10 +315,24 @@ def generate_tokens(
     forward.
     """
     check_sampling(temperature, top_p, top_k)
-    check_length(model, len(prompt_ids), max_new_tokens)
+    check_length(model, len(prompt_ids), max_new_tokens)  # here, not at the first next()
+    return _decode_loop(
+        model, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, frozenset(stop_ids)
+    )
+
+
+def _decode_loop(
+    model: LlamaModel,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    stop_ids: frozenset[int],
+) -> Iterator[int]:
     if max_new_tokens == 0:
         return
-    stop_ids = frozenset(stop_ids)
     cache = KVCache.allocate(model, batch_size=1, max_length=len(prompt_ids) + max_new_tokens)
     with torch.no_grad():
         logits = model(torch.tensor([list(prompt_ids)], device=model.device), cache=cache)[0, -1]
@@ -489,6 +503,9 @@ class StepRecord:
       ``[layers]`` its L2 norms.
     - ``logit_lens``: top-1 token per layer (computed on first access from ``resid``).
     - ``logits`` ``[V]``: the model's raw next-token logits.
+
+    Memory per record is dominated by ``logits`` (V values) and ``attention`` (layers · heads · position
+    values): about 0.2 MB + 1 KB per context position for SmolLM2-135M in float32.
     """
 
     position: int

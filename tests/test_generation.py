@@ -244,9 +244,9 @@ def test_length_and_prompt_errors(make_model) -> None:
     with pytest.raises(
         GenerationError, match=r"6 tokens and max_new_tokens=59: 65 positions exceed .* 64.*at most 58"
     ):
-        list(generate_tokens(model, PROMPT, 59))
+        generate_tokens(model, PROMPT, 59)  # raised at the call, before any iteration
     with pytest.raises(GenerationError, match="max_new_tokens must be an int >= 0"):
-        list(generate_tokens(model, PROMPT, -1))
+        generate_tokens(model, PROMPT, -1)
     assert list(generate_tokens(model, PROMPT, 0)) == []
     for empty in ([], "", torch.tensor([], dtype=torch.long)):
         with pytest.raises(GenerationError, match="the prompt is empty"):
