@@ -176,3 +176,25 @@ def test_run_py_refuses_cuda_without_a_gpu(benchmarks_importable):
     with pytest.raises(SystemExit):
         run.parse_args(["--device", "cuda"])
     del sys.modules["benchmarks.run"]
+
+
+def test_gpu_check_dry_run_on_cpu(benchmarks_importable, tmp_path, capsys):
+    from benchmarks import gpu_check
+
+    out = tmp_path / "RESULTS.md"
+    gpu_check.main(["--tiny", "--output", str(out)])
+    text = out.read_text()
+    assert "<!-- gpu-check:begin -->" in text and "CPU dry run" in text
+    for phrase in ("prefill 64 tokens", "ours fast (CUDA graph)", "pinned async", "mean-error ratio"):
+        assert phrase in text
+    printed = capsys.readouterr().out
+    assert "greedy tokens equal" in text and "decode 12 after 64: fast" in printed
+
+
+def test_gpu_check_without_cuda_says_so(benchmarks_importable):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from benchmarks import gpu_check
+
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        gpu_check.main([])
