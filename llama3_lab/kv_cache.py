@@ -110,14 +110,17 @@ class KVCache:
         over. ``length`` is advanced by the model once every layer has been written.
         """
         end = start + keys.shape[2]
-        if keys.device != self.device or keys.dtype != self.dtype:
-            raise ValueError(
-                f"the cache holds {self.dtype} on {self.device} but the model computes {keys.dtype} on "
-                f"{keys.device}: allocate it with KVCache.allocate(model, ...)."
-            )
         self.keys[layer][:, :, start:end] = keys
         self.values[layer][:, :, start:end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def check_compatible(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Raise if the cache cannot hold what a model on ``device`` computing in ``dtype`` writes."""
+        if device != self.device or dtype != self.dtype:
+            raise ValueError(
+                f"the cache holds {self.dtype} on {self.device} but the model computes {dtype} on "
+                f"{device}: allocate it with KVCache.allocate(model, ...)."
+            )
 
     # -- editing ------------------------------------------------------------------------------------------
 

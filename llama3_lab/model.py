@@ -78,6 +78,19 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def matvec_layout(weight: torch.Tensor) -> torch.Tensor:
+    """The same matrix stored column-major on CPU (a transposed view of a contiguous transpose).
+
+    Decoding multiplies one vector by every weight matrix. On CPU, MKL streams a column-major matrix
+    through that product ~1.6× faster than a row-major one (SmolLM2's 49152×576 unembedding: 14 ms vs
+    23 ms on one core), while batched matmuls run as fast either way. Shape and values are unchanged;
+    only ``weight.is_contiguous()`` becomes False (``save_pretrained`` writes contiguous copies).
+    """
+    if weight.device.type != "cpu" or weight.dim() != 2:
+        return weight
+    return weight.T.contiguous().T
+
+
 # --------------------------------------------------------------------------------------------- RMSNorm
 
 
@@ -97,6 +110,10 @@ class RMSNorm(nn.Module):
         self.hook_out = HookPoint("B P D", "normalized · weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and not (_is_hooked(self.hook_scale) or _is_hooked(self.hook_normalized)):
+            # The same math as below in one fused kernel (bit-identical in float32; not in bf16, where
+            # the cast before the weight matters).
+            return _hook(self.hook_out, F.rms_norm(x, self.weight.shape, self.weight, self.eps))
         x32 = x.float()
         mean_square = x32.pow(2).mean(-1, keepdim=True) + self.eps
         if _is_hooked(self.hook_scale):
@@ -489,6 +506,8 @@ class LlamaModel(HookedRootModule):
                     param.zero_()
                 else:
                     param.normal_(0.0, cfg.initializer_range, generator=generator)
+            for param in model.parameters():
+                param.data = matvec_layout(param.data)
         model.tie_weights()
         return model.requires_grad_(False).eval()
 
@@ -593,6 +612,7 @@ class LlamaModel(HookedRootModule):
                     f"start_pos={start_pos} but the cache holds {cache.length} positions: new tokens must "
                     f"follow them (call cache.truncate({start_pos}) first to overwrite the tail)."
                 )
+            cache.check_compatible(self.device, self.dtype)
             if B != cache.batch_size:
                 raise ValueError(
                     f"the cache was allocated for batch {cache.batch_size}, tokens have batch {B}."

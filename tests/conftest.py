@@ -61,7 +61,11 @@ def transformers_twin(model: LlamaModel, attn: str = "eager", dtype: torch.dtype
 
     dtype = dtype or model.dtype
     config = transformers.LlamaConfig(**hf_config_dict(model.cfg))
-    state = {hf_name(name): p.detach().to(dtype).clone() for name, p in model.named_parameters()}
+    # Row-major copies, as transformers itself would load them.
+    state = {
+        hf_name(name): p.detach().to(dtype).clone(memory_format=torch.contiguous_format)
+        for name, p in model.named_parameters()
+    }
     return transformers_from_state(config, state, attn, dtype)
 
 

@@ -40,7 +40,7 @@ def fill_model(
     randomly initialised copy ever exists. ``label`` (file and original name) goes into every error.
     Missing, unexpected and misshapen tensors are reported together.
     """
-    from ..model import LlamaModel
+    from ..model import LlamaModel, matvec_layout
 
     model = LlamaModel(cfg, tokenizer=tokenizer, device="meta")
     expected = dict(model.named_parameters())  # tied weights appear once, as embed.weight
@@ -60,7 +60,7 @@ def fill_model(
                     f"expected from the config ({source}). Does the config belong to these weights?"
                 )
             module_name, _, leaf = name.rpartition(".")
-            value = tensor.to(device=device, dtype=dtype)
+            value = matvec_layout(tensor.to(device=device, dtype=dtype))
             setattr(model.get_submodule(module_name), leaf, nn.Parameter(value, requires_grad=False))
             loaded.add(name)
             if bar is not None:
