@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--decode", type=int, default=0, help="also time this many cached one-token steps")
     parser.add_argument("--load-runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from conftest import transformers_twin
 
@@ -93,7 +96,7 @@ def main() -> None:
     )
 
     model = load_model("smollm2-135m-instruct", device="cpu", dtype=torch.float32, progress=False)
-    hf = transformers_twin(model, attn="eager")
+    hf = transformers_twin(model, attn="eager")  # row-major copies, as transformers loads them
     tokens = torch.randint(
         0, model.cfg.vocab_size, (1, args.tokens), generator=torch.Generator().manual_seed(0)
     )

@@ -388,3 +388,18 @@ def test_from_config_is_deterministic_tied_and_initialised_as_documented():
     assert math.isclose(std, a.cfg.initializer_range, rel_tol=0.05)
     assert not torch.equal(tiny_model(seed=8).embed.weight, a.embed.weight)
     assert a.device == torch.device("cpu") and a.dtype == torch.float32 and a.tokenizer is None
+
+
+def test_cpu_weights_are_column_major_and_the_fused_norm_is_exact():
+    model = tiny_model()
+    weight = model.blocks[0].mlp.up_proj.weight
+    assert weight.shape == (112, 64) and weight.stride() == (1, 112)  # column-major storage, same shape
+    tokens = tokens_for(model.cfg, length=9)
+    with torch.no_grad():
+        fused = model(tokens)
+        norms = [name for name in model.hook_names() if name.endswith("hook_scale")]  # forces the manual path
+        handles = [model.hook_dict[name].register_forward_hook(lambda m, i, o: None) for name in norms]
+        manual = model(tokens)
+        for h in handles:
+            h.remove()
+    assert torch.equal(fused, manual)
