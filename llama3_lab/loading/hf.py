@@ -8,15 +8,15 @@ rotate_half layout this model uses, so nothing is permuted here.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import LlamaConfig
@@ -137,15 +137,68 @@ def safetensors_files(directory: Path) -> list[Path]:
     )
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _safetensors_header(file: Path, f: BinaryIO) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset where tensor data starts."""
+    size = file.stat().st_size
+    prefix = f.read(8)
+    header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if header_len < 2 or 8 + header_len > size:
+        raise LoadError(
+            f"{file} is not a readable safetensors file (truncated or corrupt?): bad header length."
+        )
+    try:
+        header = json.loads(f.read(header_len))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    header.pop("__metadata__", None)
+    return header, 8 + header_len
+
+
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path]]:
-    """(name, tensor, file) for every tensor, read lazily from memory-mapped files."""
+    """(name, tensor, file) for every tensor, read one at a time with plain reads.
+
+    Plain reads rather than a memory map: the caller converts each tensor (dtype, device, layout) and
+    drops it, so at most one file tensor is alive beside the model, and the file's pages never count
+    as the process's memory.
+    """
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name), file
-        except SafetensorError as e:
-            raise LoadError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+        with open(file, "rb") as f:
+            header, data_start = _safetensors_header(file, f)
+            size = file.stat().st_size
+            for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+                begin, end = info["data_offsets"]
+                dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+                if dtype is None:
+                    raise LoadError(
+                        f"{file.name}:{name} has dtype {info['dtype']}, which llama3-lab does not read."
+                    )
+                shape = tuple(info["shape"])
+                expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+                if end - begin != expected or data_start + end > size:
+                    raise LoadError(
+                        f"{file} is truncated or corrupt: tensor {name} needs bytes {begin}..{end} of the "
+                        f"data ({expected} for {info['dtype']} {list(shape)}); the file holds "
+                        f"{size - data_start}."
+                    )
+                f.seek(data_start + begin)
+                buffer = bytearray(end - begin)
+                f.readinto(buffer)
+                tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+                yield name, tensor.reshape(shape), file
 
 
 def load_hf_dir(
