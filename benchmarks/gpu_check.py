@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.tiny:
         cfg = LlamaConfig(**TINY)
-        args.prefill, args.decode, args.check_tokens, args.repeats = 64, 12, 32, 1
+        args.prefill, args.decode, args.check_tokens, args.repeats = 48, 8, 24, 1
         args.model_description = "tiny GQA config"
     else:
         cfg = LlamaConfig.from_json(args.config)

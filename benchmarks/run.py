@@ -298,6 +298,8 @@ def phase_decode(opts: Options) -> PhaseResult:
         outputs["transformers"] = variants["transformers"]()
     if opts.fast_compile != "skip":
         compile_mode = None if opts.fast_compile == "none" else opts.fast_compile
+        if opts.quick and opts.fast_compile == "auto":
+            compile_mode = None  # a smoke run does not wait minutes for Inductor
         decoder = FastDecoder(model, len(prompt) + n, compile=compile_mode)
         compile_s = timed(lambda: decoder.generate_greedy(prompt, n), opts.device)  # compiles / captures
         result.data["fast_first_call_s"] = compile_s
@@ -487,6 +489,15 @@ def render(results: list[PhaseResult], info: dict[str, Any], opts: Options) -> s
             [[r.phase, r.metric, r.value, r.goal, r.verdict] for r in rows],
         ),
     ]
+    load = info["load_average"][0]
+    if load > 0.5 * (info["cores"] or 1):
+        lines += [
+            "",
+            f"**Warning: the host was busy (load average {load:.1f} on {info['cores']} cores).** "
+            "Under oversubscription every OpenMP parallel region can stall for a scheduler time slice "
+            "(seen here: one decode step 6-8x slower with 2 threads than with 1), so absolute figures and "
+            "ratios against differently-threaded code are unreliable. Rerun on a quiet host.",
+        ]
     missed = [r for r in rows if r.ok is False]
     lines += ["", f"Goals met: {sum(r.ok is True for r in rows)} of {sum(r.ok is not None for r in rows)}."]
     if missed:

@@ -23,6 +23,16 @@ from llama3_lab.kv_cache import KVCache
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [1, 5, 7, 9, 11, 13, 4]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core host OpenMP spinning costs 30x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SHAPES = {
     "gqa": {},
     "mha": {"num_key_value_heads": 8},
@@ -34,8 +44,10 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("compile_backend", [None, "eager"])
+@pytest.mark.parametrize(
+    ("shape", "compile_backend"),
+    [("gqa", None), ("mha", None), ("mqa_tied_scaled", None), ("mqa_tied_scaled", "eager")],
+)
 def test_greedy_tokens_equal_eager_path(make_model, shape, compile_backend):
     model = make_model(seed=3, **SHAPES[shape])
     n = 24
@@ -185,10 +197,10 @@ def test_gpu_check_dry_run_on_cpu(benchmarks_importable, tmp_path, capsys):
     gpu_check.main(["--tiny", "--output", str(out)])
     text = out.read_text()
     assert "<!-- gpu-check:begin -->" in text and "CPU dry run" in text
-    for phrase in ("prefill 64 tokens", "ours fast (CUDA graph)", "pinned async", "mean-error ratio"):
+    for phrase in ("prefill 48 tokens", "ours fast (CUDA graph)", "pinned async", "mean-error ratio"):
         assert phrase in text
     printed = capsys.readouterr().out
-    assert "greedy tokens equal" in text and "decode 12 after 64: fast" in printed
+    assert "greedy tokens equal" in text and "decode 8 after 48: fast" in printed
 
 
 def test_gpu_check_without_cuda_says_so(benchmarks_importable):
