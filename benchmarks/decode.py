@@ -128,15 +128,10 @@ def main() -> None:
         (i for i, (a, b) in enumerate(zip(ours_tokens, reference_tokens)) if a != b), None
     )
 
-    bandwidth = max(read_bandwidth_gbps() for _ in range(3))
-    ours_s = best_seconds(lambda: list(generate_tokens(model, prompt, n, temperature=0)), args.repeats)
-    reference_s = best_seconds(reference_generate, args.repeats)
-    bandwidth = max(bandwidth, read_bandwidth_gbps())  # again after the decodes: the host's load moves
-
     # Per-step costs after the prefill: a plain decode step vs a Session step with its record.
     steps = min(n, 32)
 
-    def decode(n_tokens: int) -> Callable[[], None]:
+    def decode(n_tokens: int) -> Callable[[], object]:
         return lambda: list(generate_tokens(model, prompt, n_tokens, temperature=0))
 
     def session_steps(with_lens: bool) -> Callable[[], None]:
@@ -149,27 +144,39 @@ def main() -> None:
 
         return run
 
-    def prefill_only() -> None:
-        Session(model, prompt, temperature=0)
-
-    # the first token comes from the prefill alone; each later one costs one step
-    plain_step = (
-        best_seconds(decode(steps + 1), args.repeats) - best_seconds(decode(1), args.repeats)
-    ) / steps
-    prefill = best_seconds(prefill_only, args.repeats)
-    session_step = (best_seconds(session_steps(False), args.repeats) - prefill) / steps
-    session_lens_step = (best_seconds(session_steps(True), args.repeats) - prefill) / steps
-
+    kinds = ("matmul", "mkl_packed") if args.what_if else ()
     what_if = {}
-    if args.what_if:
-        for kind in ("matmul", "mkl_packed"):
-            with linear_kernel(model, kind):
-                tokens = list(generate_tokens(model, prompt, n, temperature=0))
-                seconds = best_seconds(
-                    lambda: list(generate_tokens(model, prompt, n, temperature=0)), args.repeats
-                )
-            what_if[f"what_if_{kind}_tok_s"] = round(n / seconds, 2)
-            what_if[f"what_if_{kind}_same_tokens"] = tokens == reference_tokens
+    for kind in kinds:
+        with linear_kernel(model, kind):
+            what_if[f"what_if_{kind}_same_tokens"] = decode(n)() == reference_tokens
+
+    # Interleaved rounds, best of each: every variant sees the host's (shared, moving) load alike.
+    best: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        fn()
+        best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+
+    bandwidth = max(read_bandwidth_gbps() for _ in range(3))
+    for _ in range(args.repeats):
+        timed("ours", decode(n))
+        timed("transformers", reference_generate)
+        timed("first_token", decode(1))
+        timed("plain_steps", decode(steps + 1))
+        timed("prefill", lambda: Session(model, prompt, temperature=0))
+        timed("session_steps", session_steps(False))
+        timed("session_steps_lens", session_steps(True))
+        for kind in kinds:
+            with linear_kernel(model, kind):  # weights packed before the clock starts
+                timed(kind, decode(n))
+        bandwidth = max(bandwidth, read_bandwidth_gbps())
+    ours_s, reference_s = best["ours"], best["transformers"]
+    plain_step = (best["plain_steps"] - best["first_token"]) / steps  # the first token is the prefill's
+    session_step = (best["session_steps"] - best["prefill"]) / steps
+    session_lens_step = (best["session_steps_lens"] - best["prefill"]) / steps
+    for kind in kinds:
+        what_if[f"what_if_{kind}_tok_s"] = round(n / best[kind], 2)
 
     n_bytes = weight_bytes(model)
     limit_tok_s = bandwidth * 1e9 / n_bytes

@@ -384,7 +384,6 @@ class TextStream(Iterator[str]):
         self._ids = ids
         self._assembler = _TextAssembler(tokenizer, stop_strings)
         self._stop_ids = stop_ids
-        self._pending: list[str] = []
         self.prompt_tokens = prompt_tokens
         self.tokens: list[int] = []
         self.stop_reason: str | None = None
@@ -452,8 +451,6 @@ def generate(
     tokenizer = _tokenizer_of(model, "generate (it returns text; generate_tokens works on ids)")
     prompt_ids = prompt_to_tokens(model, prompt, prepend_bos=prepend_bos)
     stop_ids, stop_strings = resolve_stop(model, stop)
-    check_sampling(temperature, top_p, top_k)
-    check_length(model, len(prompt_ids), max_new_tokens)
     generator = make_generator(seed, model.device)
     ids = generate_tokens(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, stop_ids)
     text_stream = TextStream(ids, tokenizer, prompt_ids, stop_ids, stop_strings)
