@@ -94,12 +94,16 @@ class FastDecoder:
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         self.compile = ("inductor" if not on_cuda else None) if compile == "auto" else compile
         self.freeze_weights = freeze_weights
-        self.cache = KVCache.allocate(model, batch_size=batch_size, max_length=max_length)
+        # The cache is padded to a multiple of 64 keys (fused GPU kernels want aligned mask rows).
+        capacity = min(-(-max_length // 64) * 64, model.cfg.max_position_embeddings)
+        self.max_length = max(max_length, 1)
+        self.cache = KVCache.allocate(model, batch_size=batch_size, max_length=max(capacity, max_length))
         for tensor in self.cache.keys + self.cache.values:
             tensor.zero_()  # masked slots get weight 0, but 0 · NaN from uninitialised memory would be NaN
-        cos, sin = model.rope(0, max_length)  # the model's float32 tables [T d], one row per position
+        T = self.cache.max_length
+        cos, sin = model.rope(0, T)  # the model's float32 tables [T d], one row per position
         self._cos, self._sin = cos.clone(), sin.clone()
-        self._key_positions = torch.arange(max_length, device=self.device)
+        self._key_positions = torch.arange(T, device=self.device)
         self._token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self._position = torch.zeros((), dtype=torch.long, device=self.device)
         self.position = 0  # host copy of the position of the next token to be fed
@@ -108,10 +112,6 @@ class FastDecoder:
         self._graph_out: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- properties -----------------------------------------------------------------------------------
-
-    @property
-    def max_length(self) -> int:
-        return self.cache.max_length
 
     @property
     def batch_size(self) -> int:
@@ -130,9 +130,12 @@ class FastDecoder:
     ) -> torch.Tensor:
         """The model's attention for one query at ``self._position``, over the whole static cache.
 
-        Same projections, RoPE and GQA kernel as ``Attention``; what differs is the cache write
-        (``index_copy_`` at a tensor position) and the mask ``key ≤ position`` over all T_max keys, so
-        that no shape depends on the position.
+        Same projections, RoPE, cache layout and fused kernel as ``Attention``; what differs is the
+        cache write (``index_copy_`` at a tensor position) and the mask ``key ≤ position`` over all
+        T_max keys, so that no shape depends on the position. With one query position, the G query
+        heads sharing a K/V head are handed to the kernel as G query *rows* of that head
+        (``b (k g) 1 d -> b k g d``): the same dot products, no K/V expansion, and a plain
+        (non-GQA) kernel on every backend.
         """
         B = x.shape[0]
         H, K, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
@@ -145,10 +148,9 @@ class FastDecoder:
         keys.index_copy_(2, slot, rot_k.transpose(1, 2))
         values.index_copy_(2, slot, v.transpose(1, 2))
         visible = (self._key_positions <= self._position).view(1, 1, 1, -1)  # [1 1 1 T]: keys ≤ position
-        z = F.scaled_dot_product_attention(
-            rot_q.transpose(1, 2), keys, values, attn_mask=visible, enable_gqa=True
-        )  # [B H 1 d]
-        return attn.o_proj(z.transpose(1, 2).reshape(B, 1, H * d))  # b h p d -> b p (h d)
+        grouped = rot_q.view(B, K, H // K, d)  # b 1 (k g) d -> b k g d: query heads grouped by K/V head
+        z = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=visible)  # [B K G d]
+        return attn.o_proj(z.reshape(B, 1, H * d))  # b k g d -> b 1 (k g d)
 
     def _logits_step(self) -> torch.Tensor:
         """Logits [B V] of ``self._token`` at ``self._position``; writes its K/V into the cache."""
