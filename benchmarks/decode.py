@@ -37,9 +37,14 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def read_bandwidth_gbps(n_bytes: int = 1 << 30, repeats: int = 7) -> float:
     """Memory read bandwidth (GB/s) seen by a multi-threaded ``torch.sum`` over ``n_bytes`` of float32."""
-    data = torch.ones(n_bytes // 4, dtype=torch.float32)
-    data.sum()  # touch every page once
-    seconds = best_seconds(lambda: data.sum(), repeats)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # the limit is what all cores can read
+    try:
+        data = torch.ones(n_bytes // 4, dtype=torch.float32)
+        data.sum()  # touch every page once
+        seconds = best_seconds(lambda: data.sum(), repeats)
+    finally:
+        torch.set_num_threads(threads)
     return n_bytes / seconds / 1e9
 
 
