@@ -468,6 +468,18 @@ def run_all(opts: Options, echo: Callable[[str], None] = print) -> list[PhaseRes
 # ------------------------------------------------------------------------------------------- report
 
 
+def _effective_compile(opts: Options) -> str:
+    if opts.quick and opts.fast_compile == "auto":
+        return "none (quick run: no Inductor)"
+    if opts.fast_compile == "auto":
+        return (
+            "CUDA graph"
+            if torch.device(opts.device).type == "cuda"
+            else "Inductor, max-autotune-no-cudagraphs"
+        )
+    return opts.fast_compile
+
+
 def render(results: list[PhaseResult], info: dict[str, Any], opts: Options) -> str:
     """The Markdown section for RESULTS.md: the machine, the date, the table, and the goals missed."""
     rows = [row for result in results for row in result.rows]
@@ -481,7 +493,7 @@ def render(results: list[PhaseResult], info: dict[str, Any], opts: Options) -> s
         + (f"; GPU {info['gpu']} (CUDA {info['cuda']})" if "gpu" in info else "; no GPU used"),
         f"- software: torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}",
         f"- load average at start: {info['load_average']} (figures from a loaded host are noisy)",
-        f"- model: {model}; fast decoder compile: {opts.fast_compile}",
+        f"- model: {model}; fast decoder compile: {_effective_compile(opts)}",
         "- ratios: median of per-repetition ratios (variants alternating), IQR and min-max in brackets",
         "",
         markdown_table(
