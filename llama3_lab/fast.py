@@ -274,6 +274,7 @@ class FastDecoder:
 
         The returned tensor is a copy (the graph's output buffer is reused by the next step).
         """
+        self.check_no_hooks()  # ~0.1 ms: a hook added after prefill must not be silently skipped
         token = torch.as_tensor(token, dtype=torch.long, device=self.device).reshape(-1, 1)
         self._token.copy_(token.expand(self.batch_size, 1))
         self._position.fill_(self.position)

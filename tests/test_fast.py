@@ -126,6 +126,9 @@ def test_refuses_hooks_cuda_graph_on_cpu_and_a_full_cache(make_model):
     with pytest.raises(FastPathError, match="max_length"):
         decoder.generate_greedy(PROMPT, 8)
     decoder.prefill(PROMPT)
+    with model.hooks([("blocks.1.mlp.hook_post", lambda x, hook: x * 0)]):
+        with pytest.raises(FastPathError, match="hook"):
+            decoder.step(1)
     for token in range(3):
         decoder.step(token)
     with pytest.raises(FastPathError, match="full"):
