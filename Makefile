@@ -29,7 +29,8 @@ unit: assets
 	$(PY) -m pytest -p no:nbval tests
 
 notebooks: assets
-	$(PY) -m pytest --nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope $(NOTEBOOKS)/
+	# one torch thread per notebook kernel: two kernels with two threads each on two cores thrash
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbval-lax --nbval-current-env -n $(PYTEST_WORKERS) --dist loadscope $(NOTEBOOKS)/
 
 test: lint unit notebooks
 
