@@ -17,6 +17,20 @@ import torch
 from llama3_lab.config import LlamaConfig
 from llama3_lab.model import LlamaModel
 
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Every test runs with one torch thread.
+
+    The tests use tiny models (and one 135M model) that gain little from threads, and on a 2-core
+    host that something else is using, OpenMP's spinning threads make each forward 30-40x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY = dict(
     vocab_size=97,
     hidden_size=64,

@@ -24,15 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [1, 5, 7, 9, 11, 13, 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core host OpenMP spinning costs 30x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHAPES = {
     "gqa": {},
     "mha": {"num_key_value_heads": 8},

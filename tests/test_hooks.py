@@ -24,15 +24,6 @@ from llama3_lab.model import LlamaModel
 L = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core host OpenMP spinning costs 30x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> LlamaModel:
     cfg = LlamaConfig(
