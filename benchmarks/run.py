@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -420,6 +421,7 @@ def run_phase(name: str, opts: Options) -> PhaseResult:
     """One phase in this process, with its peak RSS (meaningful when the process ran nothing else)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    load_at_start = os.getloadavg()[0]
     result = PHASE_FUNCTIONS[name](opts)
     synchronize(opts.device)
     rss = result.data.get("rss_mb", peak_rss_mb())
@@ -428,7 +430,14 @@ def run_phase(name: str, opts: Options) -> PhaseResult:
     if torch.device(opts.device).type == "cuda":
         result.data["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 1e6
         extra = f", GPU peak {result.data['cuda_peak_mb']:.0f} MB"
-    result.rows.append(Row(name, "peak RSS of the phase", f"{rss:.0f} MB{extra}"))
+    result.data["load_average_at_start"] = load_at_start
+    result.rows.append(
+        Row(
+            name,
+            "peak RSS of the phase",
+            f"{rss:.0f} MB{extra} (host load average {load_at_start:.1f} at start)",
+        )
+    )
     return result
 
 
