@@ -24,6 +24,11 @@ def _add_model_and_sampling(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="(default 256)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="compiled decoding (CUDA graph on a GPU; on CPU the first call compiles for a minute or more)",
+    )
 
 
 def add_cli_commands(subparsers: Any) -> None:
@@ -59,6 +64,7 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
         top_p=args.top_p,
         top_k=args.top_k,
         seed=args.seed,
+        fast=args.fast,
     )
 
 

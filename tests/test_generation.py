@@ -353,6 +353,15 @@ def test_embedded_model_answers_paris(smollm2) -> None:
     assert out == "The capital of France is Paris."  # REFERENCE section 1, same greedy answer as transformers
 
 
+def test_fast_generate_gives_the_same_text_and_tokens(smollm2) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    eager = generate(smollm2, messages, temperature=0)
+    fast = generate(smollm2, messages, temperature=0, fast={"compile": None})  # the fixed-shape step
+    assert fast == eager and fast.tokens == eager.tokens and fast.stop_reason == eager.stop_reason
+    streamed = "".join(generate(smollm2, messages, temperature=0, stream=True, fast={"compile": None}))
+    assert streamed == eager
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
