@@ -29,7 +29,7 @@ asynchronously on CUDA (the copies overlap the rest of the forward; one sync at 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -344,43 +344,6 @@ def fast_decoder(model: LlamaModel, length: int, **options: Any) -> FastDecoder:
         decoder = FastDecoder(model, capacity, **options)
         _DECODERS[model] = decoder
     return decoder
-
-
-def fast_generate_tokens(
-    model: LlamaModel,
-    prompt_ids: Sequence[int],
-    max_new_tokens: int = 256,
-    temperature: float = 0.6,
-    top_p: float = 0.9,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    stop_ids: Iterable[int] = (),
-    **options: Any,
-) -> Iterator[int]:
-    """``generation.generate_tokens`` on the fast decoder: same arguments, same tokens for greedy.
-
-    What ``model.generate(..., fast=True)`` runs. Greedy decoding keeps the argmax on the device;
-    sampling uses ``generation.sample_next`` on the step's logits. Hooks must not be registered.
-    """
-    from .generation import check_length, check_sampling, sample_next
-
-    check_sampling(temperature, top_p, top_k)
-    check_length(model, len(prompt_ids), max_new_tokens)
-    if max_new_tokens == 0:
-        return
-    decoder = fast_decoder(model, len(prompt_ids) + max_new_tokens, **options)
-    stop_ids = frozenset(stop_ids)
-    if temperature == 0:
-        yield from decoder.generate_greedy(prompt_ids, max_new_tokens, stop_ids)
-        return
-    logits = decoder.prefill(list(prompt_ids))[0]
-    for step in range(max_new_tokens):
-        with torch.inference_mode():
-            token = int(sample_next(logits, temperature, top_p, top_k, generator))
-        yield token
-        if token in stop_ids or step == max_new_tokens - 1:
-            return
-        logits = decoder.step(token)[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import codecs
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -305,6 +305,7 @@ def generate_tokens(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     stop_ids: Iterable[int] = (),
+    fast: bool | dict[str, Any] = False,
 ) -> Iterator[int]:
     """Yield new token ids one at a time: the decode loop under ``generate`` (works without a tokenizer).
 
@@ -313,16 +314,35 @@ def generate_tokens(
     the only host sync per step is reading the new id. Stops after a token in ``stop_ids`` (which is
     yielded) or after ``max_new_tokens``. Hooks active on the model (``model.hooks(...)``) act on every
     forward.
+
+    ``fast``: decode with ``llama3_lab.fast.FastDecoder`` instead of the model's hookable forward (a dict
+    passes its options); the sampling loop is the same, so greedy tokens are the same.
     """
     check_sampling(temperature, top_p, top_k)
     check_length(model, len(prompt_ids), max_new_tokens)  # here, not at the first next()
+    length = len(prompt_ids) + max_new_tokens
+    if fast:
+        from .fast import fast_decoder
+
+        decoder = fast_decoder(model, length, **(fast if isinstance(fast, dict) else {}))
+        prefill, step = (lambda ids: decoder.prefill(ids)[0]), (lambda token: decoder.step(token)[0])
+    else:
+        cache = KVCache.allocate(model, batch_size=1, max_length=length)
+
+        def prefill(ids: list[int]) -> torch.Tensor:
+            return model(torch.tensor([ids], device=model.device), cache=cache)[0, -1]
+
+        def step(token: torch.Tensor) -> torch.Tensor:
+            return model(token.view(1, 1), cache=cache)[0, -1]
+
     return _decode_loop(
-        model, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, frozenset(stop_ids)
+        prefill, step, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, frozenset(stop_ids)
     )
 
 
 def _decode_loop(
-    model: LlamaModel,
+    prefill: Callable[[list[int]], torch.Tensor],
+    step: Callable[[torch.Tensor], torch.Tensor],
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     temperature: float,
@@ -331,20 +351,20 @@ def _decode_loop(
     generator: torch.Generator | None,
     stop_ids: frozenset[int],
 ) -> Iterator[int]:
+    """Sample, yield, feed back: ``prefill(prompt)`` once, then ``step(token)``; both return logits [V]."""
     if max_new_tokens == 0:
         return
-    cache = KVCache.allocate(model, batch_size=1, max_length=len(prompt_ids) + max_new_tokens)
     with torch.no_grad():
-        logits = model(torch.tensor([list(prompt_ids)], device=model.device), cache=cache)[0, -1]
-    for step in range(max_new_tokens):
+        logits = prefill(list(prompt_ids))
+    for i in range(max_new_tokens):
         with torch.no_grad():
             next_id = sample_next(logits, temperature, top_p, top_k, generator)
         token = int(next_id)
         yield token
-        if token in stop_ids or step == max_new_tokens - 1:
+        if token in stop_ids or i == max_new_tokens - 1:
             return
         with torch.no_grad():
-            logits = model(next_id.view(1, 1), cache=cache)[0, -1]
+            logits = step(next_id)
 
 
 class Generation(str):
@@ -457,17 +477,9 @@ def generate(
     prompt_ids = prompt_to_tokens(model, prompt, prepend_bos=prepend_bos)
     stop_ids, stop_strings = resolve_stop(model, stop)
     generator = make_generator(seed, model.device)
-    if fast:
-        from .fast import fast_generate_tokens
-
-        options = fast if isinstance(fast, dict) else {}
-        ids = fast_generate_tokens(
-            model, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, stop_ids, **options
-        )
-    else:
-        ids = generate_tokens(
-            model, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, stop_ids
-        )
+    ids = generate_tokens(
+        model, prompt_ids, max_new_tokens, temperature, top_p, top_k, generator, stop_ids, fast=fast
+    )
     text_stream = TextStream(ids, tokenizer, prompt_ids, stop_ids, stop_strings)
     return text_stream if stream else text_stream.result()
 

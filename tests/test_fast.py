@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import LLAMA3_SCALING
 
-from llama3_lab.fast import FastDecoder, FastPathError, fast_generate_tokens, run_with_cache_offloaded
+from llama3_lab.fast import FastDecoder, FastPathError, run_with_cache_offloaded
 from llama3_lab.generation import generate_tokens, make_generator
 from llama3_lab.kv_cache import KVCache
 
@@ -100,9 +100,11 @@ def test_sampling_with_a_seed_matches_generate_tokens(make_model):
     model = make_model(seed=5)
     kwargs = dict(temperature=0.8, top_p=0.9, top_k=None)
     eager = list(generate_tokens(model, PROMPT, 25, generator=make_generator(7), **kwargs))
-    fast = list(fast_generate_tokens(model, PROMPT, 25, generator=make_generator(7), compile=None, **kwargs))
+    fast = list(
+        generate_tokens(model, PROMPT, 25, generator=make_generator(7), fast={"compile": None}, **kwargs)
+    )
     assert fast == eager
-    greedy = list(fast_generate_tokens(model, PROMPT, 25, temperature=0, compile=None))
+    greedy = list(generate_tokens(model, PROMPT, 25, temperature=0, fast={"compile": None}))
     assert greedy == list(generate_tokens(model, PROMPT, 25, temperature=0))
 
 
