@@ -16,15 +16,29 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
+# A CPU build of torch that pip's find-links already holds (some machines ship one), for this Python.
+local_cpu_torch() {
+  local tag links dir
+  tag=$("$venv/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  links=$("${pip[@]}" config get global.find-links 2>/dev/null || true)
+  for dir in $links; do
+    dir=${dir#file://}
+    ls "$dir"/torch-*+cpu-"$tag"-"$tag"-*.whl 2>/dev/null || true
+  done | sort -V | tail -n 1
+}
+
 if "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   echo "==> torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)') already installed"
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "==> NVIDIA GPU found: installing the CUDA build of torch"
   "${pip[@]}" install "torch>=2.5"
+elif wheel=$(local_cpu_torch) && [ -n "$wheel" ]; then
+  echo "==> no GPU: installing the local CPU build $wheel"
+  "${pip[@]}" install "$wheel"
 else
-  echo "==> no GPU: installing a CPU build of torch"
-  "${pip[@]}" install --no-index "torch==2.13.0" 2>/dev/null \
-    || "${pip[@]}" install "torch>=2.5" --index-url https://download.pytorch.org/whl/cpu \
+  echo "==> no GPU: installing a CPU build of torch from PyTorch's CPU index"
+  "${pip[@]}" install --retries 1 --timeout 20 "torch>=2.5" \
+    --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
     || "${pip[@]}" install "torch>=2.5"
 fi
 
