@@ -18,44 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-def best_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls (the least disturbed by other processes)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def read_bandwidth_gbps(n_bytes: int = 1 << 30, repeats: int = 7) -> float:
-    """Memory read bandwidth (GB/s) seen by a multi-threaded ``torch.sum`` over ``n_bytes`` of float32."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # the limit is what all cores can read
-    try:
-        data = torch.ones(n_bytes // 4, dtype=torch.float32)
-        data.sum()  # touch every page once
-        seconds = best_seconds(lambda: data.sum(), repeats)
-    finally:
-        torch.set_num_threads(threads)
-    return n_bytes / seconds / 1e9
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of distinct parameter storage (tied embeddings counted once: one decode step reads them once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
+from benchmarks.common import read_bandwidth_gbps, weight_bytes  # noqa: E402 - after the path set-up
 
 
 @contextmanager
