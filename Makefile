@@ -18,8 +18,13 @@ setup: $(STAMP)
 assets: setup
 	$(PY) -m llama3_lab fetch
 
+# Extra options for JupyterLab, e.g. `make lab LAB_ARGS="--no-browser --port 8890"`. Running as root (a
+# container) needs --allow-root, added automatically.
+LAB_ARGS ?=
+ROOT_ARG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
 lab: assets
-	$(PY) -m jupyter lab --notebook-dir=$(NOTEBOOKS)
+	$(PY) -m jupyter lab --notebook-dir=$(NOTEBOOKS) $(ROOT_ARG) $(LAB_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
