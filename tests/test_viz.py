@@ -318,6 +318,18 @@ def test_residual_norms_heatmap_uses_a_log_scale_and_labels_layers_and_tokens():
     assert len(lines.get_lines()) == len(TOKENS) and lines.get_xlabel() == "layer"
 
 
+def test_thinned_layer_numbers_are_not_prefixed_with_their_position():
+    fig = Figure(figsize=(3, 1))
+    ax = fig.add_subplot()
+    ax.imshow(np.zeros((30, 30)))
+    viz.set_token_ticks(ax, "y", [str(i) for i in range(30)])
+    viz.set_token_ticks(ax, "x", [f"tok{i}" for i in range(30)])
+    y_labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(y_labels) < 30 and all(label.isdigit() for label in y_labels)  # "4", not "4 4"
+    x_labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(x_labels) < 30 and x_labels[1] == f"{x_labels[1].split()[0]} tok{x_labels[1].split()[0]}"
+
+
 def test_logit_lens_writes_top_tokens_only_when_cells_are_readable():
     rng = np.random.default_rng(0)
     probs = rng.random((4, 6))

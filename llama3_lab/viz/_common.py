@@ -193,9 +193,9 @@ def set_token_ticks(
     """Label ``axis`` ("x" or "y") with token labels, thinned to every k-th one when they do not fit.
 
     ``positions`` are the data coordinates of the labels (default 0, 1, ...). When thinned, each shown label
-    is prefixed with its position (``first_index + i``) so the reader can still locate it (``numbered``
-    forces this on or off). The x labels are rotated vertical when there are more than a few. Returns the
-    stride k that was used.
+    is prefixed with its position (``first_index + i``) so the reader can still locate it, unless the labels
+    are plain numbers already (``numbered`` forces this on or off). The x labels are rotated vertical when
+    there are more than a few. Returns the stride k that was used.
     """
     n = len(labels)
     positions = np.arange(n) if positions is None else np.asarray(positions)
@@ -203,8 +203,8 @@ def set_token_ticks(
         max_labels = max(2, int(_axis_length_points(ax, axis) / (1.3 * fontsize)))
     step = label_step(n, max_labels)
     shown = range(0, n, step)
-    if numbered is None:
-        numbered = step > 1
+    if numbered is None:  # labels that are already indices (layer numbers) need no position prefix
+        numbered = step > 1 and not all(str(label).isdigit() for label in labels)
     texts = [f"{first_index + i} {labels[i]}" if numbered else labels[i] for i in shown]
     ticks = positions[::step]
     if axis == "x":
