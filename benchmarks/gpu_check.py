@@ -53,20 +53,7 @@ from benchmarks.common import (  # noqa: E402 - after the path set-up above
 
 #: ``--tiny``: a small GQA model that runs the whole script on a CPU in seconds.
 TINY = dict(
-    vocab_size=256,
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=512,
-    rope_theta=500000.0,
-    rms_norm_eps=1e-5,
-    initializer_range=0.02,
-    tie_word_embeddings=False,
-    bos_token_id=1,
-    eos_token_id=2,
+    vocab_size=256, hidden_size=128, intermediate_size=256, max_position_embeddings=512, rope_theta=500000.0
 )
 
 
@@ -348,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     from llama3_lab.model import LlamaModel
 
     if args.tiny:
-        cfg = LlamaConfig(**TINY)
+        cfg = LlamaConfig.tiny(**TINY)
         args.prefill, args.decode, args.check_tokens, args.repeats = 48, 8, 24, 1
         args.model_description = "tiny GQA config"
     else:

@@ -64,24 +64,6 @@ EMBEDDED = "smollm2-135m-instruct"
 PHASES = ("load", "forward", "hooks", "decode", "session")
 PROMPT = "Once upon a time, in a small village by the sea,"
 
-#: A tiny random Llama (GQA 8/2) for smoke runs: seconds, no assets.
-TINY_CONFIG = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=112,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=2048,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    initializer_range=0.1,
-    tie_word_embeddings=False,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-
 
 @dataclass
 class Options:
@@ -149,9 +131,7 @@ def build_model(opts: Options) -> Any:
     from llama3_lab.model import LlamaModel
 
     if opts.model == "tiny":
-        return LlamaModel.from_config(
-            LlamaConfig(**TINY_CONFIG), seed=0, device=opts.device, dtype=opts.dtype
-        )
+        return LlamaModel.from_config(LlamaConfig.tiny(), seed=0, device=opts.device, dtype=opts.dtype)
     return load_model(opts.model, device=opts.device, dtype=opts.dtype, progress=False)
 
 

@@ -333,6 +333,31 @@ class LlamaConfig:
     # -- readers
 
     @classmethod
+    def tiny(cls, **overrides: Any) -> LlamaConfig:
+        """A tiny Llama-3-shaped config for tests, smoke runs and teaching with random weights.
+
+        2 layers, d_model 64, 8 query heads sharing 2 KV heads (GQA group 4, like Llama 3 8B), head_dim 16,
+        SwiGLU width 112, vocabulary 97; any field can be overridden.
+        """
+        fields_ = dict(
+            vocab_size=97,
+            hidden_size=64,
+            intermediate_size=112,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=2048,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-5,
+            initializer_range=0.1,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        return cls(**{**fields_, **overrides})
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
         """A config from a Hugging Face ``config.json`` dictionary; unknown keys go to ``extra``.
 

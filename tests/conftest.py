@@ -31,22 +31,8 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-TINY = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=112,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=64,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-5,
-    initializer_range=0.1,
-    tie_word_embeddings=False,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+#: The tiny test config: ``LlamaConfig.tiny`` with a short context.
+TINY = dict(max_position_embeddings=64)
 
 #: Llama 3.1-style scaling squeezed into a tiny context: with head_dim 16 and theta 1e4 the 8 pairs
 #: fall into all three bands (kept, smoothed, divided by ``factor``).
@@ -60,7 +46,7 @@ LLAMA3_SCALING = {
 
 
 def tiny_config(**overrides: Any) -> LlamaConfig:
-    return LlamaConfig(**{**TINY, **overrides})
+    return LlamaConfig.tiny(**{**TINY, **overrides})
 
 
 def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: Any) -> LlamaModel:
