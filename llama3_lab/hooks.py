@@ -552,7 +552,8 @@ class HookedRootModule(nn.Module):
                 self.hook_dict[name] = module
 
     def hook_names(self) -> list[str]:
-        """Every hook point's name, in the order the forward reaches them."""
+        """Every hook point's name, in module-tree order (the forward order, except that the RoPE tables
+        ``rope.hook_cos``/``hook_sin`` are computed just before ``hook_embed``)."""
         return list(self.hook_dict)
 
     def hook_catalogue(self) -> list[dict[str, str]]:
