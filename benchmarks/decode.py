@@ -30,7 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import read_bandwidth_gbps, weight_bytes  # noqa: E402 - after the path set-up
+from benchmarks.common import (  # noqa: E402 - after the path set-up
+    read_bandwidth_gbps,
+    transformers_greedy,
+    weight_bytes,
+)
 
 
 @contextmanager
@@ -87,20 +91,9 @@ def main() -> None:
 
     # Same tokens first: greedy, no stop token on either side, exactly n new tokens.
     ours_tokens = list(generate_tokens(model, prompt, n, temperature=0))
-    input_ids = torch.tensor([prompt])
 
     def reference_generate() -> list[int]:
-        with torch.no_grad():
-            out = reference.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=n,
-                min_new_tokens=n,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=0,
-            )
-        return out[0, len(prompt) :].tolist()
+        return transformers_greedy(reference, prompt, n)
 
     reference_tokens = reference_generate()
     same = ours_tokens == reference_tokens

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_generate import add_cli_commands
+
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from .assets import fetch_assets
@@ -56,12 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed on to jupyter lab")
     p.set_defaults(func=_cmd_lab)
 
-    try:  # generate and chat live with the generation code
-        from .generation import add_cli_commands
-    except ImportError:
-        pass
-    else:
-        add_cli_commands(sub)
+    add_cli_commands(sub)  # generate, chat: cli_generate.py (torch is imported only when they run)
     return parser
 
 

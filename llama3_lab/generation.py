@@ -820,10 +820,3 @@ class Session:
 def session(model: LlamaModel, prompt: Prompt, **kwargs: Any) -> Session:
     """``Session(model, prompt, **kwargs)``; what ``model.session(...)`` calls."""
     return Session(model, prompt, **kwargs)
-
-
-def add_cli_commands(subparsers: Any) -> None:
-    """The ``generate`` and ``chat`` subcommands of ``llama3-lab`` (see ``cli_generate.py``)."""
-    from .cli_generate import add_cli_commands as add
-
-    add(subparsers)
