@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .units import format_bytes
+
 __all__ = [
     "ConfigError",
     "ConfigNotFoundError",
@@ -892,14 +894,6 @@ class ExplanationRow(NamedTuple):
     explanation: str
 
 
-def _fmt_bytes(n: int) -> str:
-    if n >= GiB:
-        return f"{n:,} B = {n / GiB:.2f} GiB ({n / 1e9:.2f} GB)"
-    if n >= MiB:
-        return f"{n:,} B = {n / MiB:.1f} MiB"
-    return f"{n:,} B"
-
-
 @dataclass
 class ConfigExplanation:
     """What :meth:`LlamaConfig.explain` returns: one row per config field, then the derived figures."""
@@ -1211,8 +1205,16 @@ def _derived_rows(c: LlamaConfig) -> list[ExplanationRow]:
             "0: tied to the embedding." if c.tie_word_embeddings else "V · D, a separate lm_head matrix.",
         ),
         ("num_parameters", f"{p['total']:,}", "embedding + all layers + final norm + unembedding."),
-        ("weights_bytes(bf16)", _fmt_bytes(c.weights_bytes("bf16")), "num_parameters · 2 bytes."),
-        ("weights_bytes(float32)", _fmt_bytes(c.weights_bytes("float32")), "num_parameters · 4 bytes."),
+        (
+            "weights_bytes(bf16)",
+            format_bytes(c.weights_bytes("bf16"), digits=2, exact=True),
+            "num_parameters · 2 bytes.",
+        ),
+        (
+            "weights_bytes(float32)",
+            format_bytes(c.weights_bytes("float32"), digits=2, exact=True),
+            "num_parameters · 4 bytes.",
+        ),
         (
             "kv_cache_bytes_per_token(bf16)",
             f"{kv_token:,} B",
@@ -1221,7 +1223,7 @@ def _derived_rows(c: LlamaConfig) -> list[ExplanationRow]:
         ),
         (
             f"kv_cache_bytes({c.max_position_embeddings}, bf16)",
-            _fmt_bytes(c.kv_cache_bytes(c.max_position_embeddings)),
+            format_bytes(c.kv_cache_bytes(c.max_position_embeddings), digits=2, exact=True),
             "per token · max_position_embeddings, batch 1.",
         ),
         (
@@ -1232,12 +1234,12 @@ def _derived_rows(c: LlamaConfig) -> list[ExplanationRow]:
         ),
         (
             f"attention_pattern_bytes({T}, bf16)",
-            _fmt_bytes(c.attention_pattern_bytes(T)),
+            format_bytes(c.attention_pattern_bytes(T), digits=2, exact=True),
             f"every layer's [B, H, T, T] pattern: L · H · T² · 2 bytes, T = {T}, batch 1.",
         ),
         (
             f"activation_bytes({T}, bf16)",
-            _fmt_bytes(c.activation_bytes(T)["total"]),
+            format_bytes(c.activation_bytes(T)["total"], digits=2, exact=True),
             "every hook of one forward (residuals, q/k/v, scores, patterns, MLP, logits), batch 1: "
             "capture selectively.",
         ),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .tokenizer import token_strings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import LlamaModel
@@ -561,7 +562,7 @@ class StepRecord:
 
 
 def _display_strings(tokenizer: Tokenizer | None, ids: list[int]) -> list[str]:
-    return tokenizer.token_strings(ids) if tokenizer is not None else [f"[{i}]" for i in ids]
+    return token_strings(tokenizer, ids)
 
 
 def _logit_lens(model: LlamaModel, resid: torch.Tensor) -> LogitLens:

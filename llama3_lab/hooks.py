@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .units import format_bytes
+
 if TYPE_CHECKING:  # pragma: no cover
     from .tokenizer import Tokenizer
 
@@ -515,15 +517,6 @@ class ActivationCache:
             f"ActivationCache({len(self)} tensors, {format_bytes(self.nbytes)}, {layer_text}{shape}, "
             f"{'/'.join(dtypes) or '-'} on {'/'.join(devices) or '-'}{pos})"
         )
-
-
-def format_bytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .config import LlamaConfig
+from .units import format_bytes
 
 if TYPE_CHECKING:
     from .model import LlamaModel
@@ -157,13 +158,5 @@ class KVCache:
         return (
             f"KVCache(layers={self.n_layers}, batch={B}, kv_heads={K}, head_dim={d}, "
             f"length={self.length}/{T}, {str(self.dtype).removeprefix('torch.')} on {self.device}, "
-            f"{_human_bytes(used)} used of {_human_bytes(self.nbytes)})"
+            f"{format_bytes(used)} used of {format_bytes(self.nbytes)})"
         )
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"

@@ -537,6 +537,13 @@ _NAMED = {
 }
 
 
+def token_strings(tokenizer: Tokenizer | None, ids: Sequence[int]) -> list[str]:
+    """``tokenizer.token_strings(ids)``, or ``"[id]"`` per token for a model without a tokenizer."""
+    if tokenizer is None:
+        return [f"[{i}]" for i in ids]
+    return tokenizer.token_strings(ids)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer by name (``"llama3"``, ``"smollm2-135m-instruct"``: fetched and cached on first
     use) or from a path: a ``.gguf`` file, a Llama 3 ``tokenizer.model``, or a folder holding one

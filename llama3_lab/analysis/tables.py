@@ -6,6 +6,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..tokenizer import token_strings
+
 
 class TopTokens(NamedTuple):
     """``ids [..., k]``, ``probs [..., k]`` (softmax over the whole vocabulary) and ``strings`` (nested
@@ -39,6 +41,6 @@ def top_k_tokens(logits: torch.Tensor, tokenizer: Any = None, k: int = 10) -> To
         if ids.ndim > 1:
             return [strings(row) for row in ids]
         id_list = ids.tolist()
-        return tokenizer.token_strings(id_list) if tokenizer is not None else [f"[{i}]" for i in id_list]
+        return token_strings(tokenizer, id_list)
 
     return TopTokens(top_ids, top_probs, strings(top_ids))

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from ..config import LlamaConfig
+from ..units import format_bytes
 from ._common import bare_figure, root_figure
 
 GIB = 1024**3
@@ -25,13 +26,6 @@ def _count(n: float) -> str:
         if n >= size:
             return f"{n / size:.3g}{unit}"
     return f"{n:g}"
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:g} B"
 
 
 def config_breakdown(
@@ -89,7 +83,7 @@ def config_breakdown(
     weights = cfg.weights_bytes(dtype)
     kv = np.array([cfg.kv_cache_bytes(int(t), dtype=dtype) for t in lengths])
     kv_full = np.array([no_gqa.kv_cache_bytes(int(t), dtype=dtype) for t in lengths])
-    memory_ax.plot(lengths, np.full(lengths.shape, weights / GIB), label=f"weights ({_bytes(weights)})")
+    memory_ax.plot(lengths, np.full(lengths.shape, weights / GIB), label=f"weights ({format_bytes(weights)})")
     memory_ax.plot(lengths, kv / GIB, label=f"KV cache, GQA ({cfg.num_key_value_heads} KV heads)")
     if cfg.num_key_value_heads != cfg.num_attention_heads:
         memory_ax.plot(
@@ -106,8 +100,9 @@ def config_breakdown(
     memory_ax.set_yscale("log")
     memory_ax.set_xlabel("context length (tokens, batch 1)")
     memory_ax.set_ylabel(f"GiB in {dtype}")
+    full_kv = format_bytes(cfg.kv_cache_bytes(max_context, dtype=dtype))
     memory_ax.set_title(
-        f"memory; KV cache {_bytes(cfg.kv_cache_bytes(max_context, dtype=dtype))} at {max_context} tokens",
+        f"memory; KV cache {full_kv} at {max_context} tokens",
         fontsize=9,
     )
     memory_ax.legend(fontsize=7)

@@ -20,6 +20,8 @@ from typing import Any
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
+from ..tokenizer import token_strings
+
 PNG_DPI = 100
 """Screen resolution: one view is tens of kilobytes of PNG, cheap to send to the browser on each redraw."""
 
@@ -184,7 +186,7 @@ def cached_run(
         strings = None
     if strings is None:
         tokenizer = getattr(model, "tokenizer", None)
-        strings = tokenizer.token_strings(ids) if tokenizer is not None else [f"[{i}]" for i in ids]
+        strings = token_strings(tokenizer, ids)
     if len(strings) != len(ids):
         raise ValueError(f"got {len(strings)} token strings for {len(ids)} positions; pass one per position.")
     return model, cache, ids, strings

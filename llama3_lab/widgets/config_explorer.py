@@ -14,6 +14,7 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from ..config import LLAMA31_ROPE_SCALING, LlamaConfig
+from ..units import format_bytes
 from ..viz import config_breakdown
 from ..viz._common import bare_figure
 from ._base import Explorer, figure_png, image_view
@@ -115,13 +116,6 @@ def known_config(name: str) -> LlamaConfig:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(KNOWN_CONFIGS)}.") from None
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:,.2f} {unit}"
-    return f"{int(n):,} B"
-
-
 class ConfigExplorer(Explorer):
     """Model picker plus sequence-length, batch and dtype controls → parameters and memory.
 
@@ -210,18 +204,18 @@ class ConfigExplorer(Explorer):
         n, T, B = self.numbers, self.seq_len.value, self.batch.value
         rows = [
             ("parameters", f"{n['parameters']:,}", f"embedding + unembedding {n['embedding_parameters']:,}"),
-            ("weights", _fmt_bytes(n["weights_bytes"]), f"{self.dtype.value}, all parameters once"),
+            ("weights", format_bytes(n["weights_bytes"]), f"{self.dtype.value}, all parameters once"),
             (
                 "KV cache",
-                _fmt_bytes(n["kv_cache_bytes"]),
-                f"{_fmt_bytes(n['kv_cache_bytes_per_token'])} per token × {T:,} tokens × batch {B}",
+                format_bytes(n["kv_cache_bytes"]),
+                f"{format_bytes(n['kv_cache_bytes_per_token'])} per token × {T:,} tokens × batch {B}",
             ),
             (
                 "attention patterns",
-                _fmt_bytes(n["attention_pattern_bytes"]),
+                format_bytes(n["attention_pattern_bytes"]),
                 "every layer's [B,H,T,T] pattern",
             ),
-            ("full activation cache", _fmt_bytes(n["activation_bytes"]), "every hook of one forward"),
+            ("full activation cache", format_bytes(n["activation_bytes"]), "every hook of one forward"),
         ]
         body = "".join(
             f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(name)}</th>"

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..generation import Session, StepRecord, check_sampling, make_generator
+from ..tokenizer import token_strings
 from ..viz import attention_pattern, display_token, token_strip, topk_bars
 from ..viz._common import bare_figure
 from ._base import Explorer, figure_png, image_view, labelled
@@ -187,10 +188,7 @@ class GenerationStepper(Explorer):
     # -- drawing -------------------------------------------------------------------------------------
 
     def _token_strings(self) -> list[str]:
-        tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None:
-            return [f"[{i}]" for i in self.tokens]
-        return tokenizer.token_strings(self.tokens)
+        return token_strings(getattr(self.model, "tokenizer", None), self.tokens)
 
     def _status_text(self) -> str:
         last = self.last
