@@ -4,6 +4,11 @@
   random models on CPU (GQA 8/2 heads, head_dim 16, 2 layers by default).
 - ``to_transformers(model, attn="eager")``: a ``transformers.LlamaForCausalLM`` with the same weights.
 - ``smollm2`` (session): the embedded SmolLM2-135M-Instruct, float32 on CPU, with its tokenizer.
+
+Tests that need the fetched SmolLM2 (its GGUF or the converted model) carry the ``smollm2`` marker:
+given automatically to every test that uses a fixture named in ``SMOLLM2_FIXTURES``, and written out
+(``@pytest.mark.smollm2``) on tests that open the asset themselves. ``pytest -m "not smollm2"`` runs
+the fast unit tests on tiny random models alone.
 """
 
 from __future__ import annotations
@@ -16,6 +21,16 @@ import torch
 
 from llama3_lab.config import LlamaConfig
 from llama3_lab.model import LlamaModel
+
+
+#: Fixtures that load the fetched SmolLM2 (the model, its GGUF file or its GGUF reader/tokenizer).
+SMOLLM2_FIXTURES = frozenset({"smollm2", "smollm2_gguf", "smollm2_reader", "gguf_reader", "smollm"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SMOLLM2_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.smollm2)
 
 
 @pytest.fixture(autouse=True, scope="session")
