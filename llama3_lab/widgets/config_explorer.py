@@ -204,18 +204,26 @@ class ConfigExplorer(Explorer):
         n, T, B = self.numbers, self.seq_len.value, self.batch.value
         rows = [
             ("parameters", f"{n['parameters']:,}", f"embedding + unembedding {n['embedding_parameters']:,}"),
-            ("weights", format_bytes(n["weights_bytes"]), f"{self.dtype.value}, all parameters once"),
+            (
+                "weights",
+                format_bytes(n["weights_bytes"], digits=2),
+                f"{self.dtype.value}, all parameters once",
+            ),
             (
                 "KV cache",
-                format_bytes(n["kv_cache_bytes"]),
-                f"{format_bytes(n['kv_cache_bytes_per_token'])} per token × {T:,} tokens × batch {B}",
+                format_bytes(n["kv_cache_bytes"], digits=2),
+                f"{format_bytes(n['kv_cache_bytes_per_token'], digits=2)} per token × {T:,} tokens × batch {B}",
             ),
             (
                 "attention patterns",
-                format_bytes(n["attention_pattern_bytes"]),
+                format_bytes(n["attention_pattern_bytes"], digits=2),
                 "every layer's [B,H,T,T] pattern",
             ),
-            ("full activation cache", format_bytes(n["activation_bytes"]), "every hook of one forward"),
+            (
+                "full activation cache",
+                format_bytes(n["activation_bytes"], digits=2),
+                "every hook of one forward",
+            ),
         ]
         body = "".join(
             f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(name)}</th>"
