@@ -3,8 +3,10 @@
 # runs it only when pyproject.toml changed or the venv is missing.
 #
 # torch is chosen here, not pinned in pyproject.toml: a machine with an NVIDIA GPU gets the CUDA build
-# from PyPI; a machine without one gets a CPU build (a local wheel when pip's find-links has one, else
-# PyTorch's CPU index, else whatever PyPI offers).
+# from the configured index; a machine without one gets a CPU build that pip's find-links already holds,
+# else whatever the configured index offers. No package index is named here: pip's own configuration
+# decides. To get PyTorch's CPU-only wheels on a machine without a GPU, point pip at PyTorch's CPU wheel
+# index with pip's environment variable, e.g. `PIP_EXTRA_INDEX_URL=<that index> make setup`.
 set -euo pipefail
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
@@ -36,10 +38,9 @@ elif wheel=$(local_cpu_torch) && [ -n "$wheel" ]; then
   echo "==> no GPU: installing the local CPU build $wheel"
   "${pip[@]}" install "$wheel"
 else
-  echo "==> no GPU: installing a CPU build of torch from PyTorch's CPU index"
-  "${pip[@]}" install --retries 1 --timeout 20 "torch>=2.5" \
-    --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
-    || "${pip[@]}" install "torch>=2.5"
+  echo "==> no GPU and no local CPU wheel: installing torch from pip's configured index"
+  echo "    (set PIP_EXTRA_INDEX_URL to PyTorch's CPU wheel index for a CPU-only build)"
+  "${pip[@]}" install "torch>=2.5"
 fi
 
 echo "==> installing llama3-lab with its test extras"
