@@ -212,7 +212,8 @@ class ConfigExplorer(Explorer):
             (
                 "KV cache",
                 format_bytes(n["kv_cache_bytes"], digits=2),
-                f"{format_bytes(n['kv_cache_bytes_per_token'], digits=2)} per token × {T:,} tokens × batch {B}",
+                f"{format_bytes(n['kv_cache_bytes_per_token'], digits=2)} per token × {T:,} tokens "
+                f"× batch {B}",
             ),
             (
                 "attention patterns",
