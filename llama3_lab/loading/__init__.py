@@ -40,11 +40,22 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
     progress: bool = True,
+    *,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LlamaModel:
     """Load a Llama model with its tokenizer (``model.tokenizer``).
 
     ``device`` defaults to CUDA when available, else CPU; ``dtype`` to bfloat16 on CUDA and float32 on
     CPU. Parameters are frozen (``requires_grad=False``). Pickled ``.bin`` weights are never executed.
+
+    A model larger than one device: ``device_map="auto"`` (accelerate places whole blocks on the GPUs,
+    then the CPU, then disk, within ``max_memory``, e.g. ``{0: "70GB", 1: "70GB", "cpu": "200GB"}``) or an
+    explicit ``{module: device}`` map (``"embed"``, ``"blocks.N"``, ``"ln_final"``, ``"unembed"``, ``"rope"``,
+    ``"hook_embed"``; devices a GPU index, ``"cpu"`` or ``"disk"``). Disk needs ``offload_folder``. The plan
+    is printed (``progress``) and kept as ``model.placement``; weights are streamed in once. See
+    ``llama3_lab.placement``.
     """
     from ..model import default_device, default_dtype
 
@@ -52,28 +63,35 @@ def load_model(
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."))
     dtype = dtype or default_dtype(device)
+    placement = None
+    if device_map is not None:
+        from ..placement import PlacementRequest
+
+        placement = PlacementRequest(device_map, max_memory, offload_folder)
+    elif max_memory is not None or offload_folder is not None:
+        raise ValueError("max_memory and offload_folder place a model over devices: pass device_map too.")
 
     if isinstance(name_or_path, str) and name_or_path in NAMED_MODELS:
         directory = converted_model_dir(name_or_path, progress=progress)
-        model = load_hf_dir(directory, device, dtype, progress=progress)
+        model = load_hf_dir(directory, device, dtype, progress=progress, placement=placement)
         model.set_tokenizer_loader(_named_tokenizer(NAMED_MODELS[name_or_path][1]))
         return model
 
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return load_gguf(path, device, dtype, progress=progress)
+        return load_gguf(path, device, dtype, progress=progress, placement=placement)
     if path.is_file() and path.name in ("config.json", "params.json", "model.safetensors"):
         path = path.parent
     if path.is_dir():
         if (path / "config.json").is_file():
-            model = load_hf_dir(path, device, dtype, progress=progress)
+            model = load_hf_dir(path, device, dtype, progress=progress, placement=placement)
             _attach_hf_tokenizer(model, path)
             return model
         if (path / "params.json").is_file():
-            return load_meta_dir(path, device, dtype, progress=progress)
+            return load_meta_dir(path, device, dtype, progress=progress, placement=placement)
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
-            return load_gguf(ggufs[0], device, dtype, progress=progress)
+            return load_gguf(ggufs[0], device, dtype, progress=progress, placement=placement)
         found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
         raise FileNotFoundError(
             f"{path} is not a model directory: expected config.json + model.safetensors (Hugging Face), "

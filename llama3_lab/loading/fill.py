@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from ..assets import atomic_path, write_atomic
 from ..config import LlamaConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..placement import PlacementRequest
 
 
 class LoadError(ValueError):
@@ -33,16 +39,29 @@ def fill_model(
     source: str,
     progress: bool = True,
     tokenizer: Any = None,
+    placement: PlacementRequest | None = None,
 ) -> Any:
     """A ``LlamaModel`` for ``cfg`` whose parameters are the given ``(our name, tensor, label)`` triples.
 
     Each tensor is converted to ``dtype`` on ``device`` as it arrives and becomes the parameter, so no
     randomly initialised copy ever exists. ``label`` (file and original name) goes into every error.
     Missing, unexpected and misshapen tensors are reported together.
+
+    ``placement`` (a ``placement.PlacementRequest``: a device map or ``"auto"``, memory budgets, an offload
+    folder) puts each tensor on its module's device instead of ``device``; tensors of disk-placed modules
+    are written once into the offload folder (accelerate's format) and never held in memory. The model
+    is then dispatched: accelerate's hooks move weights and activations at run time.
     """
     from ..model import LlamaModel, matvec_layout
+    from ..placement import module_device, torch_device
+
+    offload_index: dict[str, Any] = {}
 
     model = LlamaModel(cfg, tokenizer=tokenizer, device="meta")
+    plan = placement.plan(cfg, dtype, model, progress=progress) if placement is not None else None
+    offload_folder = placement.offload_folder if placement is not None else None
+    if plan is not None and "disk" in plan.device_map.values():
+        Path(offload_folder).mkdir(parents=True, exist_ok=True)
     expected = dict(model.named_parameters())  # tied weights appear once, as embed.weight
     loaded: set[str] = set()
     unexpected: list[str] = []
@@ -60,7 +79,13 @@ def fill_model(
                     f"expected from the config ({source}). Does the config belong to these weights?"
                 )
             module_name, _, leaf = name.rpartition(".")
-            value = matvec_layout(tensor.to(device=device, dtype=dtype))
+            where = module_device(plan.device_map, name) if plan is not None else None
+            if where == "disk":
+                offload_index[name] = _offload(tensor.to(dtype), name, Path(offload_folder))
+                value = torch.empty(want, dtype=dtype, device="meta")
+            else:
+                target = torch_device(where) if where is not None else device
+                value = matvec_layout(tensor.to(device=target, dtype=dtype))
             setattr(model.get_submodule(module_name), leaf, nn.Parameter(value, requires_grad=False))
             loaded.add(name)
             if bar is not None:
@@ -83,6 +108,33 @@ def fill_model(
             f"{source}: the weights do not match the config ({'; '.join(parts)}). Check that the config and "
             "the weight files belong to the same model and that no shard is missing."
         )
-    model.rope.to_empty(device=device)  # rebuilds the float32 RoPE table on the device
+    if plan is None:
+        model.rope.to_empty(device=device)  # rebuilds the float32 RoPE table on the device
+        model.tie_weights()
+        return model.eval()
+    from ..placement import dispatch
+
+    if offload_index:
+        write_atomic(Path(offload_folder) / "index.json", json.dumps(offload_index, indent=1).encode())
+    rope_device = plan.execution_device(module_device(plan.device_map, "rope.inv_freq"))
+    model.rope.to_empty(device=torch_device(rope_device))
     model.tie_weights()
-    return model.eval()
+    return dispatch(model.eval(), plan, offload_folder, offload_index)
+
+
+def _offload(tensor: torch.Tensor, name: str, folder: Path) -> dict[str, str]:
+    """Write one disk-placed tensor to ``folder/name.safetensors``; its entry in accelerate's offload index.
+
+    One small safetensors file per tensor (not accelerate's ``.dat`` memmaps, whose reads keep copies
+    resident): accelerate's ``OffloadedWeightsLoader`` reads these with ``safe_open`` at each forward.
+    """
+    from safetensors.torch import save_file
+
+    path = folder / f"{name}.safetensors"
+    with atomic_path(path) as tmp:
+        save_file({name: tensor.contiguous()}, str(tmp))
+    return {
+        "safetensors_file": str(path),
+        "weight_name": name,
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+    }

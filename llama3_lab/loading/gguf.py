@@ -89,7 +89,12 @@ def dequantized_tensors(
 
 
 def load_gguf(
-    path: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True, tokenizer: bool = True
+    path: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+    tokenizer: bool = True,
+    placement: Any = None,
 ) -> Any:
     """A model from a GGUF file, dequantized to ``dtype`` (with the file's own tokenizer if ``tokenizer``)."""
     reader = open_gguf(path)
@@ -107,4 +112,5 @@ def load_gguf(
         source=str(path),
         progress=progress,
         tokenizer=tok,
+        placement=placement,
     )

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 from safetensors.torch import save_file
@@ -194,7 +194,11 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Pat
 
 
 def load_hf_dir(
-    directory: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True
+    directory: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+    placement: Any = None,
 ) -> LlamaModel:
     """Build a model from a Hugging Face directory, filling it tensor by tensor (one copy of the weights)."""
     directory = Path(directory)
@@ -208,4 +212,6 @@ def load_hf_dir(
         for hf, tensor, file in iter_safetensors(files):
             yield (our_name(hf) or hf), tensor, f"{file.name}:{hf}"
 
-    return fill_model(cfg, tensors(), device, dtype, source=str(directory), progress=progress)
+    return fill_model(
+        cfg, tensors(), device, dtype, source=str(directory), progress=progress, placement=placement
+    )

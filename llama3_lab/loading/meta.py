@@ -122,7 +122,11 @@ def meta_tensors(
 
 
 def load_meta_dir(
-    directory: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True
+    directory: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+    placement: Any = None,
 ) -> Any:
     """A model from a Meta checkpoint directory (with the tokenizer from ``tokenizer.model`` if present)."""
     from ..model import LlamaModel
@@ -147,4 +151,5 @@ def load_meta_dir(
         source=str(directory),
         progress=progress,
         tokenizer=tokenizer,
+        placement=placement,
     )
