@@ -129,6 +129,12 @@ def safetensors_files(directory: Path) -> list[Path]:
     )
 
 
+#: What to do about a weight file that cannot be read (said by every such error).
+_REFETCH = (
+    "Download or copy the file again (compare its size and sha256 with the source's); for the embedded "
+    "model, `llama3-lab fetch --repair` rebuilds it."
+)
+
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -150,12 +156,15 @@ def _safetensors_header(file: Path, f: BinaryIO) -> tuple[dict, int]:
     header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
     if header_len < 2 or 8 + header_len > size:
         raise LoadError(
-            f"{file} is not a readable safetensors file (truncated or corrupt?): bad header length."
+            f"{file} is not a readable safetensors file (truncated or corrupt?): bad header length. "
+            + _REFETCH
         )
     try:
         header = json.loads(f.read(header_len))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{file} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+        raise LoadError(
+            f"{file} is not a readable safetensors file (truncated or corrupt?): {e}. {_REFETCH}"
+        ) from e
     header.pop("__metadata__", None)
     return header, 8 + header_len
 
@@ -184,7 +193,7 @@ def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Pat
                     raise LoadError(
                         f"{file} is truncated or corrupt: tensor {name} needs bytes {begin}..{end} of the "
                         f"data ({expected} for {info['dtype']} {list(shape)}); the file holds "
-                        f"{size - data_start}."
+                        f"{size - data_start}. {_REFETCH}"
                     )
                 f.seek(data_start + begin)
                 buffer = bytearray(end - begin)
