@@ -15,13 +15,12 @@ import torch
 
 from llama3_lab.config import (
     ConfigError,
-    ConfigExplanation,
     ConfigNotFoundError,
     LlamaConfig,
     dtype_bytes,
-    explain_path,
     meta_ffn_hidden_dim,
 )
+from llama3_lab.config_explain import ConfigExplanation, explain_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_JSON = ROOT / "config.json"
@@ -224,14 +223,14 @@ def test_llama3_scaling_rule_matches_transformers() -> None:
     from transformers import LlamaConfig as HFLlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from llama3_lab.config import _llama3_divisors
+    from llama3_lab.rope import llama3_divisors
 
     for c in (LlamaConfig.from_params(LLAMA31_8B_PARAMS), LlamaConfig.from_dict(LLAMA32_1B_HF)):
         hf = HFLlamaConfig.from_dict(c.to_dict())
         scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
         unscaled = torch.tensor(c.rope_inv_freq_unscaled(), dtype=torch.float64)
         divisors = torch.tensor(
-            _llama3_divisors(c.rope_scaling, c.head_dim, c.rope_theta), dtype=torch.float64
+            llama3_divisors(c.rope_scaling, c.head_dim, c.rope_theta), dtype=torch.float64
         )
         torch.testing.assert_close(scaled.double(), unscaled / divisors, rtol=1e-5, atol=0)
 
@@ -299,9 +298,10 @@ def _write_gguf(path: Path, *, with_output: bool, rope_freqs: np.ndarray | None)
 
 
 def test_gguf_llama31_style_rope_freqs_and_untied(tmp_path: Path) -> None:
-    from llama3_lab.config import LLAMA31_ROPE_SCALING, _llama3_divisors
+    from llama3_lab.config import LLAMA31_ROPE_SCALING
+    from llama3_lab.rope import llama3_divisors
 
-    divisors = np.array(_llama3_divisors(LLAMA31_ROPE_SCALING, 64, 500000.0))
+    divisors = np.array(llama3_divisors(LLAMA31_ROPE_SCALING, 64, 500000.0))
     c = LlamaConfig.from_gguf(_write_gguf(tmp_path / "m.gguf", with_output=True, rope_freqs=divisors))
     assert c.rope_scaling == LLAMA31_ROPE_SCALING
     assert not c.tie_word_embeddings and c.head_dim == 64 and c.vocab_size == 300

@@ -9,10 +9,7 @@ import torch
 from torch import nn
 
 from ..config import LlamaConfig
-
-
-class LoadError(ValueError):
-    """Weights that do not fit the model: the message names the file, the tensor and the fix."""
+from .errors import LoadError
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
