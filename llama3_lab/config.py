@@ -16,16 +16,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config_checks import (
+    LLAMA3_ROPE_KEYS,
+    LLAMA31_ROPE_SCALING,
+    SUPPORTED_ROPE_TYPES,
+    ConfigError,
+    ConfigNotFoundError,
+    check_fields,
+    is_int,
+)
+
 if TYPE_CHECKING:
     from .config_explain import ConfigExplanation
 
 __all__ = [
+    "LLAMA3_ROPE_KEYS",
+    "LLAMA31_ROPE_SCALING",
+    "SUPPORTED_ROPE_TYPES",
     "ConfigError",
     "ConfigNotFoundError",
     "LlamaConfig",
@@ -33,54 +45,15 @@ __all__ = [
     "meta_ffn_hidden_dim",
 ]
 
-GiB = 1 << 30
-MiB = 1 << 20
-
-SUPPORTED_ROPE_TYPES = ("default", "llama3")
-LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-# Llama 3.1 (8B/70B/405B); Llama 3.2 1B/3B use the same with factor 32.
-LLAMA31_ROPE_SCALING = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
-RMS_NORM_EPS_RANGE = (1e-12, 1e-2)
-
-
-class ConfigError(ValueError):
-    """A config value is missing, mistyped or inconsistent; the message names the field and the fix."""
-
-
-class ConfigNotFoundError(ConfigError, FileNotFoundError):
-    """No configuration could be found at the given path."""
-
-
 # ----------------------------------------------------------------------------------------------------
 # dtypes
 
 
 _DTYPE_BYTES = {
-    "float64": 8,
-    "fp64": 8,
-    "f64": 8,
-    "double": 8,
-    "float32": 4,
-    "fp32": 4,
-    "f32": 4,
-    "float": 4,
-    "bfloat16": 2,
-    "bf16": 2,
-    "float16": 2,
-    "fp16": 2,
-    "f16": 2,
-    "half": 2,
-    "int8": 1,
-    "uint8": 1,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "fp8": 1,
+    **dict.fromkeys(("float64", "fp64", "f64", "double"), 8),
+    **dict.fromkeys(("float32", "fp32", "f32", "float"), 4),
+    **dict.fromkeys(("bfloat16", "bf16", "float16", "fp16", "f16", "half"), 2),
+    **dict.fromkeys(("int8", "uint8", "float8_e4m3fn", "float8_e5m2", "fp8"), 1),
 }
 #: A floating torch dtype of each element size (the activation estimate builds a meta model in it).
 _FLOAT_OF_SIZE = {8: "float64", 4: "float32", 2: "bfloat16", 1: "float8_e4m3fn"}
@@ -122,26 +95,6 @@ def meta_ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | 
 
 # ----------------------------------------------------------------------------------------------------
 # LlamaConfig
-
-
-_POSITIVE_INT_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-)
-_BOOL_FIELDS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -189,144 +142,7 @@ class LlamaConfig:
         Also normalises a few spellings: int ``rope_theta``/``rms_norm_eps`` become floats, ``rope_scaling``
         with ``type`` gains ``rope_type``, and ``rope_type: "default"`` (no scaling) becomes ``None``.
         """
-        for name in _POSITIVE_INT_FIELDS:
-            self._check_positive_int(name, getattr(self, name))
-
-        if self.head_dim is None:
-            if self.hidden_size % self.num_attention_heads:
-                raise ConfigError(
-                    f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
-                    f"{self.num_attention_heads}, so head_dim cannot be derived; give head_dim explicitly or "
-                    "fix one of the two."
-                )
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        else:
-            self._check_positive_int("head_dim", self.head_dim)
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} is not divisible by num_key_value_heads="
-                f"{self.num_key_value_heads}: grouped-query attention shares each key/value head with a "
-                "whole group of query heads. Use a num_key_value_heads that divides num_attention_heads."
-            )
-
-        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
-            value = getattr(self, name)
-            if not _is_number(value):
-                raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__}).")
-            setattr(self, name, float(value))
-        low, high = RMS_NORM_EPS_RANGE
-        if not low <= self.rms_norm_eps <= high:
-            raise ConfigError(
-                f"rms_norm_eps={self.rms_norm_eps!r} is outside the sane range [{low:g}, {high:g}]; Llama 3 "
-                "uses 1e-5 (a value like 1e-5 written as 1e5 or 0.1 is a typo)."
-            )
-        if not self.rope_theta > 0 or not math.isfinite(self.rope_theta):
-            raise ConfigError(
-                f"rope_theta must be a positive number (Llama 3: 500000.0), got {self.rope_theta!r}."
-            )
-        if not self.initializer_range >= 0:
-            raise ConfigError(
-                f"initializer_range must be >= 0 (a standard deviation), got {self.initializer_range!r}."
-            )
-
-        for name in _BOOL_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be true or false, got {value!r} ({type(value).__name__}).")
-
-        self._check_token_id("bos_token_id", self.bos_token_id, allow_list=False)
-        self._check_token_id("eos_token_id", self.eos_token_id, allow_list=True)
-
-        if self.hidden_act != "silu":
-            raise ConfigError(
-                f"hidden_act={self.hidden_act!r} is not supported: Llama's MLP is SwiGLU, "
-                "down(silu(gate(x)) * up(x)), so the only valid value is 'silu'."
-            )
-        if self.model_type != "llama":
-            raise ConfigError(
-                f"model_type={self.model_type!r}: llama3-lab implements the 'llama' architecture only "
-                "(other families differ in biases, norms or attention windows)."
-            )
-        if self.torch_dtype is not None and not isinstance(self.torch_dtype, str):
-            raise ConfigError(
-                f"torch_dtype must be a dtype name like 'bfloat16' or null, got {self.torch_dtype!r}."
-            )
-        if not isinstance(self.extra, dict):
-            raise ConfigError(f"extra must be a dict of unmodelled fields, got {type(self.extra).__name__}.")
-        self.rope_scaling = self._normalized_rope_scaling(self.rope_scaling)
-
-    @staticmethod
-    def _check_positive_int(name: str, value: Any) -> None:
-        if isinstance(value, bool) or not _is_int(value):
-            hint = ""
-            if isinstance(value, str) and value.strip().isdigit():
-                hint = f" (write {value.strip()} without quotes)"
-            elif isinstance(value, float) and value.is_integer():
-                hint = f" (write {int(value)}, not {value})"
-            raise ConfigError(
-                f"{name} must be a positive integer, got {value!r} ({type(value).__name__}){hint}."
-            )
-        if value <= 0:
-            raise ConfigError(f"{name} must be a positive integer, got {value}.")
-
-    def _check_token_id(self, name: str, value: Any, *, allow_list: bool) -> None:
-        ids = value if allow_list and isinstance(value, list) else [value]
-        if value is None:
-            return
-        for token_id in ids:
-            if not _is_int(token_id) or token_id < 0:
-                kind = (
-                    "a token id (non-negative integer), a list of them, or null"
-                    if allow_list
-                    else ("a token id (non-negative integer) or null")
-                )
-                raise ConfigError(f"{name} must be {kind}, got {value!r}.")
-            if token_id >= self.vocab_size:
-                raise ConfigError(
-                    f"{name}={value!r} is outside the vocabulary (vocab_size={self.vocab_size}); "
-                    "fix the id or the vocab_size."
-                )
-
-    def _normalized_rope_scaling(self, scaling: Any) -> dict[str, Any] | None:
-        if scaling is None:
-            return None
-        if not isinstance(scaling, dict):
-            raise ConfigError(
-                f"rope_scaling must be null or a dict like {LLAMA31_ROPE_SCALING}, got {scaling!r}."
-            )
-        scaling = dict(scaling)
-        rope_type = scaling.get("rope_type", scaling.get("type"))
-        if rope_type is None:
-            raise ConfigError(
-                f"rope_scaling={scaling} has no 'rope_type' (or legacy 'type') key; "
-                f"set it to one of {list(SUPPORTED_ROPE_TYPES)}."
-            )
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise ConfigError(
-                f"rope_scaling rope_type={rope_type!r} is not supported; supported types are "
-                f"{list(SUPPORTED_ROPE_TYPES)} ('llama3' is Llama 3.1/3.2's scaling, 'default' or null means "
-                "none)."
-            )
-        if rope_type == "default":
-            return None
-        scaling["rope_type"] = rope_type
-        missing = [key for key in LLAMA3_ROPE_KEYS if key not in scaling]
-        if missing:
-            raise ConfigError(
-                f"rope_scaling of type 'llama3' lacks {missing}; it needs all of {list(LLAMA3_ROPE_KEYS)} "
-                f"(Llama 3.1: {dict((k, LLAMA31_ROPE_SCALING[k]) for k in LLAMA3_ROPE_KEYS)})."
-            )
-        for key in LLAMA3_ROPE_KEYS:
-            if not _is_number(scaling[key]) or not scaling[key] > 0:
-                raise ConfigError(f"rope_scaling[{key!r}] must be a positive number, got {scaling[key]!r}.")
-        if not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
-            raise ConfigError(
-                "rope_scaling needs high_freq_factor > low_freq_factor (Llama 3.1: 4 and 1), got "
-                f"{scaling['high_freq_factor']} and {scaling['low_freq_factor']}."
-            )
-        if scaling["factor"] < 1:
-            raise ConfigError(f"rope_scaling['factor'] must be >= 1 (Llama 3.1: 8), got {scaling['factor']}.")
-        return scaling
+        check_fields(self)
 
     def replace(self, **changes: Any) -> LlamaConfig:
         """A validated copy with some fields changed; a derived head_dim is derived again."""
@@ -546,7 +362,7 @@ class LlamaConfig:
         elementwise and left out (< 0.1%). The average token of a causal prompt of length T attends to about
         T/2 positions, so a whole prompt costs ≈ T · flops_per_token(T/2).
         """
-        if not _is_int(seq_len) or seq_len < 1:
+        if not is_int(seq_len) or seq_len < 1:
             raise ConfigError(f"seq_len must be a positive integer, got {seq_len!r}.")
         attention = 4 * self.num_hidden_layers * seq_len * self.q_width
         return 2 * self.matmul_parameters() + attention

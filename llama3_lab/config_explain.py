@@ -1,8 +1,9 @@
 """The teaching text of :meth:`LlamaConfig.explain`: what each field means, how each figure is derived.
 
 :func:`explain_config` builds a :class:`ConfigExplanation` (one row per field, then the derived figures),
-which renders as an HTML table in Jupyter, as Markdown and as plain text; :func:`explain_path` is what
-``llama3-lab explain PATH`` prints. The numbers themselves come from :class:`~llama3_lab.config.LlamaConfig`.
+which renders as an HTML table in Jupyter, as Markdown and as plain text. The numbers themselves come from
+:class:`~llama3_lab.config.LlamaConfig`, whose ``explain()`` calls in here: so this module imports neither
+config nor anything above it, and ``c`` below is a LlamaConfig by duck typing.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import json
 import math
 import textwrap
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from .units import format_bytes
 
-if TYPE_CHECKING:
-    from .config import LlamaConfig
+__all__ = ["ConfigExplanation", "ExplanationRow", "explain_config"]
 
-__all__ = ["ConfigExplanation", "ExplanationRow", "explain_config", "explain_path"]
+LlamaConfig = Any  # a llama3_lab.config.LlamaConfig (not imported: config.py imports this module)
 
 
 def explain_config(c: LlamaConfig, title: str | None = None) -> ConfigExplanation:
@@ -112,13 +111,6 @@ class ConfigExplanation:
             parts.append("</tbody></table>")
         parts.append("</div>")
         return "".join(parts)
-
-
-def explain_path(path: str | Path) -> str:
-    """The text explanation of the config found at ``path`` (what ``llama3-lab explain PATH`` prints)."""
-    from .loading import load_config
-
-    return explain_config(load_config(path), title=f"Llama config from {path}").to_text()
 
 
 _UNKNOWN_EXTRA = "Not used by llama3-lab; kept in `extra` and written back unchanged by to_dict()."

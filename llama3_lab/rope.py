@@ -16,16 +16,21 @@ bit-identical.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from .config import LlamaConfig
 
 __all__ = ["llama3_divisors", "rope_inv_freq", "rope_inv_freq_unscaled", "rope_pair_regimes"]
 
 REGIMES = ("unchanged", "smoothed", "divided")
+
+
+class RopeFields(Protocol):
+    """What RoPE reads from a config (a :class:`~llama3_lab.config.LlamaConfig`, say)."""
+
+    head_dim: int
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
 
 
 def rope_inv_freq_unscaled(head_dim: int, theta: float) -> torch.Tensor:
@@ -75,7 +80,7 @@ def _scaled_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None
     return torch.where(in_between, smoothed, scaled)
 
 
-def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
+def rope_inv_freq(cfg: RopeFields) -> torch.Tensor:
     """Rotation frequency of each pair of dims, ``theta^(-2i/d)`` [d/2], float32, with Llama 3.1 scaling.
 
     ``rope_scaling = {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
@@ -87,7 +92,7 @@ def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     return _scaled_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
 
-def rope_pair_regimes(cfg: LlamaConfig) -> dict[str, list[int]]:
+def rope_pair_regimes(cfg: RopeFields) -> dict[str, list[int]]:
     """Which rotary pairs the llama3 scaling leaves ``unchanged``, ``smoothed`` or ``divided`` by factor.
 
     Without scaling every pair is unchanged.

@@ -22,7 +22,6 @@ import torch
 from llama3_lab.config import LlamaConfig
 from llama3_lab.model import LlamaModel
 
-
 #: Fixtures that load the fetched SmolLM2 (the model, its GGUF file or its GGUF reader/tokenizer).
 SMOLLM2_FIXTURES = frozenset({"smollm2", "smollm2_gguf", "smollm2_reader", "gguf_reader", "smollm"})
 

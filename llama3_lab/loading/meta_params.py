@@ -10,14 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..config import (
-    LLAMA31_ROPE_SCALING,
-    ConfigError,
-    LlamaConfig,
-    _is_number,
-    meta_ffn_hidden_dim,
-    read_json,
-)
+from ..config import LLAMA31_ROPE_SCALING, ConfigError, LlamaConfig, meta_ffn_hidden_dim, read_json
+from ..config_checks import check_positive_int, is_number
 
 _REQUIRED = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of")
 _KNOWN = {
@@ -47,14 +41,14 @@ def config_from_params(
         hint = " (this looks like a Hugging Face config: use from_json)" if "hidden_size" in params else ""
         raise ConfigError(f"params.json lacks {missing}; it needs {list(_REQUIRED)}{hint}.")
     for key in ("dim", "multiple_of"):
-        LlamaConfig._check_positive_int(key, params[key])
+        check_positive_int(key, params[key])
     if params["vocab_size"] == -1:
         raise ConfigError(
             "params.json has vocab_size -1 (Meta's 'set from the tokenizer' placeholder); "
             "set it to 128256 for Llama 3."
         )
     multiplier = params.get("ffn_dim_multiplier")
-    if multiplier is not None and not _is_number(multiplier):
+    if multiplier is not None and not is_number(multiplier):
         raise ConfigError(f"ffn_dim_multiplier must be a number or null, got {multiplier!r}.")
     dim = params["dim"]
     use_scaled_rope = bool(params.get("use_scaled_rope", False))
