@@ -18,10 +18,16 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
-    from .config import LlamaConfig
+def explain_path(path: str | Path) -> str:
+    """The text explanation of the config found at ``path`` (what ``llama3-lab explain PATH`` prints)."""
+    from .config_explain import explain_config
+    from .loading import load_config
 
-    print(LlamaConfig.from_pretrained(args.path).explain().to_text())
+    return explain_config(load_config(path), title=f"Llama config from {path}").to_text()
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    print(explain_path(args.path))
     return 0
 
 

@@ -20,7 +20,6 @@ the KV cache is preallocated (``kv_cache.py``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from html import escape
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -34,6 +33,7 @@ from torch.nn.modules import module as _torch_module
 from .config import LlamaConfig
 from .hooks import HookedRootModule, HookPoint
 from .kv_cache import KVCache
+from .rope import rope_inv_freq
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -123,39 +123,6 @@ class RMSNorm(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- RoPE
-
-
-def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
-    """Rotation frequency of each pair of dims, ``theta^(-2i/d)`` [d/2], float32, with Llama 3.1 scaling.
-
-    ``rope_scaling = {"rope_type": "llama3", factor, low_freq_factor, high_freq_factor,
-    original_max_position_embeddings}``: with wavelength λ = 2π/f, short wavelengths
-    (λ < orig/high) are kept, long ones (λ > orig/low) slowed down by ``factor``, and the band in
-    between interpolated smoothly. Written with the same float32 operations as transformers so both
-    give bit-identical tables.
-    """
-    d = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
-    scaling = cfg.rope_scaling
-    if not scaling:
-        return inv_freq
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type == "default":
-        return inv_freq
-    if rope_type != "llama3":
-        raise ValueError(
-            f"rope_scaling type {rope_type!r} is not supported: Llama 3 models use 'llama3' (3.1/3.2) "
-            "or none."
-        )
-    factor = scaling["factor"]
-    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-    original = scaling["original_max_position_embeddings"]
-    wavelength = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
-    smooth = (original / wavelength - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    in_between = ~(wavelength < original / high) * ~(wavelength > original / low)
-    return torch.where(in_between, smoothed, scaled)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

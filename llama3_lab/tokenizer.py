@@ -33,6 +33,8 @@ from typing import Any, Literal
 import regex
 import tiktoken
 
+from .gguf_metadata import GGUFMetadata
+
 __all__ = [
     "GGUFByteBPETokenizer",
     "Llama3Tokenizer",
@@ -328,14 +330,6 @@ _GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED = 1, 3, 4
 _END_OF_TURN_TEXTS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>")
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    """A metadata value from a ``GGUFReader`` or from a dict of already-read values."""
-    if isinstance(reader, dict):
-        return reader.get(key, default)
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
 _TOKENIZER_KEYS = (
     "general.name",
     "tokenizer.ggml.model",
@@ -368,10 +362,7 @@ def read_gguf_tokenizer_fields(path: str | os.PathLike) -> dict[str, Any]:
             return json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             pass  # unreadable sidecar: read the GGUF again and rewrite it
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
-    fields = {key: _field(reader, key) for key in _TOKENIZER_KEYS if key in reader.fields}
+    fields = GGUFMetadata(path).read(_TOKENIZER_KEYS)
     fields["path"] = str(path)
     try:
         write_atomic(sidecar, json.dumps(fields, ensure_ascii=False).encode("utf-8"))
@@ -386,27 +377,24 @@ class GGUFByteBPETokenizer(Tokenizer):
     def __init__(self, gguf: str | os.PathLike | Any, name: str | None = None) -> None:
         """``gguf`` is a path, an open ``gguf.GGUFReader`` (so a model loader can share it), or the dict
         returned by ``read_gguf_tokenizer_fields``."""
-        reader = read_gguf_tokenizer_fields(gguf) if isinstance(gguf, str | os.PathLike) else gguf
-        if isinstance(reader, dict):
-            source = str(reader.get("path", "<gguf metadata>"))
-        else:
-            source = str(getattr(reader, "path", None) or gguf)
-        model = _field(reader, "tokenizer.ggml.model")
+        meta = GGUFMetadata(read_gguf_tokenizer_fields(gguf) if isinstance(gguf, str | os.PathLike) else gguf)
+        source = meta.source
+        model = meta.get("tokenizer.ggml.model")
         if model != "gpt2":
             raise TokenizerError(
                 f"{source}: tokenizer.ggml.model is {model!r}; only byte-level BPE ('gpt2', e.g. SmolLM2, "
                 "Llama 3 GGUFs) is supported. For Meta's Llama 3 tokenizer.model use Llama3Tokenizer."
             )
-        pre = _field(reader, "tokenizer.ggml.pre", "gpt-2")
+        pre = meta.get("tokenizer.ggml.pre", "gpt-2")
         if pre not in GGUF_PRE_PATTERNS:
             raise TokenizerError(
                 f"{source}: unknown pre-tokenizer tokenizer.ggml.pre={pre!r}; "
                 f"known: {sorted(GGUF_PRE_PATTERNS)}. "
                 "Add its split pattern to GGUF_PRE_PATTERNS in llama3_lab/tokenizer.py."
             )
-        tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-        types: list[int] = _field(reader, "tokenizer.ggml.token_type")
-        merges: list[str] = _field(reader, "tokenizer.ggml.merges") or []
+        tokens: list[str] = meta.get("tokenizer.ggml.tokens")
+        types: list[int] = meta.get("tokenizer.ggml.token_type")
+        merges: list[str] = meta.get("tokenizer.ggml.merges") or []
 
         to_byte = _gpt2_unicode_to_byte()
         ranks: dict[bytes, int] = {}
@@ -433,21 +421,21 @@ class GGUFByteBPETokenizer(Tokenizer):
             mergeable_ranks=ranks,
             special_tokens=specials,
         )
-        eos_id = int(_field(reader, "tokenizer.ggml.eos_token_id"))
+        eos_id = int(meta.get("tokenizer.ggml.eos_token_id"))
         stop_ids = {eos_id} | {specials[t] for t in _END_OF_TURN_TEXTS if t in specials}
-        eot_id = _field(reader, "tokenizer.ggml.eot_token_id")
+        eot_id = meta.get("tokenizer.ggml.eot_token_id")
         if eot_id is not None:
             stop_ids.add(int(eot_id))
         super().__init__(
-            name=name or _field(reader, "general.name", Path(source).stem),
+            name=name or meta.get("general.name", Path(source).stem),
             encoding=encoding,
             n_vocab=len(tokens),
-            bos_id=int(_field(reader, "tokenizer.ggml.bos_token_id")),
+            bos_id=int(meta.get("tokenizer.ggml.bos_token_id")),
             eos_id=eos_id,
             stop_ids=stop_ids,
         )
         self.source = source
-        self.chat_template: str | None = _field(reader, "tokenizer.chat_template")
+        self.chat_template: str | None = meta.get("tokenizer.chat_template")
         self.default_system_prompt = _chatml_default_system(self.chat_template)
 
     # -- bytes without a token -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""LlamaConfig: parsing (HF, Meta params.json, GGUF), validation, derived figures, explain().
+"""LlamaConfig: Hugging Face parsing, validation, derived figures.
 
-Reference numbers come from /work/shared/REFERENCE.md sections 1-3 and are checked against real files (the
-committed Llama 3 8B config.json, the SmolLM2 GGUF asset) and against transformers' own LlamaForCausalLM.
+Reference numbers come from /work/shared/REFERENCE.md sections 1-3 and are checked against the committed
+Llama 3 8B config.json and against transformers' own LlamaForCausalLM.
 """
 
 from __future__ import annotations
@@ -12,89 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from llama3_lab.config import (
-    ConfigError,
-    ConfigExplanation,
-    ConfigNotFoundError,
-    LlamaConfig,
-    dtype_bytes,
-    explain_path,
-    meta_ffn_hidden_dim,
+from config_reference import (
+    CONFIG_JSON,
+    LLAMA3_8B_TOTAL,
+    LLAMA31_8B_PARAMS,
+    LLAMA32_1B_HF,
+    LLAMA32_1B_TOTAL,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_JSON = ROOT / "config.json"
+from llama3_lab.config import ConfigError, LlamaConfig, dtype_bytes, meta_ffn_hidden_dim
 
-LLAMA3_8B_PARAMS = {
-    "dim": 4096,
-    "n_layers": 32,
-    "n_heads": 32,
-    "n_kv_heads": 8,
-    "vocab_size": 128256,
-    "multiple_of": 1024,
-    "ffn_dim_multiplier": 1.3,
-    "norm_eps": 1e-05,
-    "rope_theta": 500000.0,
-}
-LLAMA31_8B_PARAMS = {**LLAMA3_8B_PARAMS, "use_scaled_rope": True}
-LLAMA32_1B_PARAMS = {
-    "dim": 2048,
-    "n_layers": 16,
-    "n_heads": 32,
-    "n_kv_heads": 8,
-    "vocab_size": 128256,
-    "ffn_dim_multiplier": 1.5,
-    "multiple_of": 256,
-    "norm_eps": 1e-05,
-    "rope_theta": 500000.0,
-    "use_scaled_rope": True,
-}
-LLAMA32_1B_HF = {
-    "architectures": ["LlamaForCausalLM"],
-    "attention_bias": False,
-    "attention_dropout": 0.0,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-    "head_dim": 64,
-    "hidden_act": "silu",
-    "hidden_size": 2048,
-    "initializer_range": 0.02,
-    "intermediate_size": 8192,
-    "max_position_embeddings": 131072,
-    "mlp_bias": False,
-    "model_type": "llama",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 16,
-    "num_key_value_heads": 8,
-    "pretraining_tp": 1,
-    "rms_norm_eps": 1e-05,
-    "rope_scaling": {
-        "factor": 32.0,
-        "high_freq_factor": 4.0,
-        "low_freq_factor": 1.0,
-        "original_max_position_embeddings": 8192,
-        "rope_type": "llama3",
-    },
-    "rope_theta": 500000.0,
-    "tie_word_embeddings": True,
-    "torch_dtype": "bfloat16",
-    "transformers_version": "4.45.0.dev0",
-    "use_cache": True,
-    "vocab_size": 128256,
-}
-LLAMA3_8B_TOTAL = 8_030_261_248
-LLAMA32_1B_TOTAL = 1_235_814_400
-
-
-@pytest.fixture(scope="module")
-def llama3_8b() -> LlamaConfig:
-    return LlamaConfig.from_json(CONFIG_JSON)
-
-
-def write_json(path: Path, d: dict) -> Path:
-    path.write_text(json.dumps(d))
-    return path
+pytest_plugins = ["config_fixtures"]  # llama3_8b, smollm2_gguf, smollm2_reader
 
 
 # -- Llama 3 8B
@@ -163,42 +91,6 @@ def test_meta_ffn_width() -> None:
     assert meta_ffn_hidden_dim(4096, 256) == 11008  # Llama 2 7B: no multiplier
 
 
-def test_params_json_llama3_8b_matches_hf_config(tmp_path: Path, llama3_8b: LlamaConfig) -> None:
-    c = LlamaConfig.from_params_json(write_json(tmp_path / "params.json", LLAMA3_8B_PARAMS))
-    assert c.intermediate_size == 14336
-    assert c.rope_scaling is None and c.max_position_embeddings == 8192 and not c.tie_word_embeddings
-    assert (c.bos_token_id, c.eos_token_id, c.vocab_size) == (128000, 128001, 128256)
-    assert c == llama3_8b.replace(extra={})
-
-
-def test_params_json_llama31_8b(tmp_path: Path) -> None:
-    c = LlamaConfig.from_params_json(write_json(tmp_path / "params.json", LLAMA31_8B_PARAMS))
-    assert c.rope_scaling == {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
-    assert c.max_position_embeddings == 131072
-    assert c.num_parameters() == LLAMA3_8B_TOTAL
-    regimes = c.rope_pair_regimes()  # REFERENCE section 3
-    assert regimes["unchanged"] == list(range(0, 29))
-    assert regimes["smoothed"] == list(range(29, 35))
-    assert regimes["divided"] == list(range(35, 64))
-
-
-def test_params_json_llama32_1b_and_max_seq_len(tmp_path: Path) -> None:
-    c = LlamaConfig.from_params_json(write_json(tmp_path / "params.json", LLAMA32_1B_PARAMS))
-    assert c.rope_scaling["factor"] == 32.0 and c.tie_word_embeddings
-    assert (c.intermediate_size, c.head_dim, c.max_position_embeddings) == (8192, 64, 131072)
-    assert c.num_parameters() == LLAMA32_1B_TOTAL
-    assert c == LlamaConfig.from_dict(LLAMA32_1B_HF).replace(extra={})
-    with_len = LlamaConfig.from_params({**LLAMA32_1B_PARAMS, "max_seq_len": 4096}, tie_word_embeddings=False)
-    assert with_len.max_position_embeddings == 4096 and not with_len.tie_word_embeddings
-    assert LlamaConfig.from_params(LLAMA32_1B_PARAMS, rope_scaling_factor=8).rope_scaling["factor"] == 8.0
-
-
 def test_llama32_1b_hf_config() -> None:
     c = LlamaConfig.from_dict(LLAMA32_1B_HF)
     assert c.tie_word_embeddings and c.head_dim == 64 and c.rope_scaling["factor"] == 32.0
@@ -217,136 +109,6 @@ def test_legacy_type_key_and_transformers5_rope_parameters() -> None:
     assert LlamaConfig.from_dict(v5) == LlamaConfig.from_dict(LLAMA32_1B_HF)
     plain = {**LLAMA32_1B_HF, "rope_scaling": {"rope_type": "default"}}
     assert LlamaConfig.from_dict(plain).rope_scaling is None
-
-
-def test_llama3_scaling_rule_matches_transformers() -> None:
-    """The llama3 divisors GGUF stores (and rope_pair_regimes) follow transformers' own llama3 RoPE init."""
-    from transformers import LlamaConfig as HFLlamaConfig
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    from llama3_lab.config import _llama3_divisors
-
-    for c in (LlamaConfig.from_params(LLAMA31_8B_PARAMS), LlamaConfig.from_dict(LLAMA32_1B_HF)):
-        hf = HFLlamaConfig.from_dict(c.to_dict())
-        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
-        unscaled = torch.tensor(c.rope_inv_freq_unscaled(), dtype=torch.float64)
-        divisors = torch.tensor(
-            _llama3_divisors(c.rope_scaling, c.head_dim, c.rope_theta), dtype=torch.float64
-        )
-        torch.testing.assert_close(scaled.double(), unscaled / divisors, rtol=1e-5, atol=0)
-
-
-# -- GGUF
-
-
-@pytest.fixture(scope="module")
-def smollm2_gguf() -> Path:
-    assets = pytest.importorskip("llama3_lab.assets", reason="llama3_lab/assets.py is not there yet")
-    return assets.asset_path("smollm2-135m-instruct.gguf")
-
-
-@pytest.fixture(scope="module")
-def smollm2_reader(smollm2_gguf: Path):  # parsing the metadata takes gguf 1-5 s: do it once
-    from gguf import GGUFReader
-
-    return GGUFReader(smollm2_gguf)
-
-
-def test_gguf_smollm2(smollm2_gguf: Path, smollm2_reader) -> None:
-    reader = smollm2_reader
-    c = LlamaConfig.from_gguf(reader)
-    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size) == (30, 576, 1536)
-    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.gqa_group) == (9, 3, 64, 3)
-    assert (c.rope_theta, c.rms_norm_eps, c.max_position_embeddings) == (100000.0, 1e-5, 8192)
-    assert c.vocab_size == 49152 and c.tie_word_embeddings and c.rope_scaling is None
-    assert (c.bos_token_id, c.eos_token_id) == (1, 2)
-    assert c.num_parameters() == 134_515_008
-    # The count matches the tensors actually stored in the file (GGUF shapes are reversed, numel is not).
-    assert c.num_parameters() == sum(int(np.prod(t.shape)) for t in reader.tensors)
-    assert LlamaConfig.from_pretrained(smollm2_gguf) == c
-    assert LlamaConfig.from_dict(c.to_dict()) == c
-
-
-def _write_gguf(path: Path, *, with_output: bool, rope_freqs: np.ndarray | None) -> Path:
-    """A tiny llama GGUF with the metadata llama.cpp writes (tensors are placeholders: only names matter)."""
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny test")
-    writer.add_block_count(2)
-    writer.add_context_length(131072)
-    writer.add_embedding_length(256)
-    writer.add_feed_forward_length(512)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(2)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(500000.0)
-    writer.add_rope_dimension_count(64)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([f"t{i}" for i in range(300)])
-    writer.add_bos_token_id(7)
-    writer.add_eos_token_id(9)
-    writer.add_tensor("token_embd.weight", np.zeros((300, 256), dtype=np.float32))
-    if with_output:
-        writer.add_tensor("output.weight", np.zeros((300, 256), dtype=np.float32))
-    if rope_freqs is not None:
-        writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def test_gguf_llama31_style_rope_freqs_and_untied(tmp_path: Path) -> None:
-    from llama3_lab.config import LLAMA31_ROPE_SCALING, _llama3_divisors
-
-    divisors = np.array(_llama3_divisors(LLAMA31_ROPE_SCALING, 64, 500000.0))
-    c = LlamaConfig.from_gguf(_write_gguf(tmp_path / "m.gguf", with_output=True, rope_freqs=divisors))
-    assert c.rope_scaling == LLAMA31_ROPE_SCALING
-    assert not c.tie_word_embeddings and c.head_dim == 64 and c.vocab_size == 300
-    assert (c.bos_token_id, c.eos_token_id, c.rms_norm_eps) == (7, 9, 1e-5)
-    assert c.extra == {"gguf_general_name": "tiny test"}
-
-    tied = LlamaConfig.from_gguf(_write_gguf(tmp_path / "t.gguf", with_output=False, rope_freqs=None))
-    assert tied.tie_word_embeddings and tied.rope_scaling is None
-
-    wrong = divisors.copy()
-    wrong[30] = 3.0
-    with pytest.raises(ConfigError, match="rope_freqs"):
-        LlamaConfig.from_gguf(_write_gguf(tmp_path / "w.gguf", with_output=True, rope_freqs=wrong))
-
-
-# -- from_pretrained
-
-
-def test_from_pretrained_picks_by_what_it_finds(tmp_path: Path, llama3_8b: LlamaConfig) -> None:
-    hf_dir, meta_dir, empty = tmp_path / "hf", tmp_path / "meta", tmp_path / "empty"
-    for d in (hf_dir, meta_dir, empty):
-        d.mkdir()
-    llama3_8b.save_json(hf_dir)
-    write_json(meta_dir / "params.json", LLAMA31_8B_PARAMS)
-    (empty / "notes.txt").write_text("nothing here")
-
-    assert LlamaConfig.from_pretrained(hf_dir) == llama3_8b
-    assert LlamaConfig.from_pretrained(CONFIG_JSON) == llama3_8b
-    assert LlamaConfig.from_pretrained(meta_dir).rope_scaling["factor"] == 8.0
-    assert LlamaConfig.from_pretrained(meta_dir / "params.json").max_position_embeddings == 131072
-    with pytest.raises(ConfigNotFoundError, match=r"notes\.txt.*config\.json, params\.json"):
-        LlamaConfig.from_pretrained(empty)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        LlamaConfig.from_pretrained(tmp_path / "missing")
-    with pytest.raises(ConfigError, match="from_params_json"):
-        LlamaConfig.from_dict(LLAMA3_8B_PARAMS)
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        LlamaConfig.from_json(_write_text(tmp_path / "broken.json", "{not json"))
-    with pytest.raises(ConfigError, match="Cannot tell the format"):
-        LlamaConfig.from_pretrained(_write_text(tmp_path / "weights.bin", "binary"))
-
-
-def _write_text(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 # -- validation
@@ -503,75 +265,3 @@ def test_dtype_bytes() -> None:
     assert dtype_bytes("fp16") == dtype_bytes(torch.float16) == 2
     with pytest.raises(ConfigError, match="Unknown dtype name 'bf17'"):
         dtype_bytes("bf17")
-
-
-# -- explain
-
-
-def test_explain_covers_every_key_and_renders(llama3_8b: LlamaConfig) -> None:
-    keys = set(json.loads(CONFIG_JSON.read_text()))
-    explanation = llama3_8b.explain()
-    assert isinstance(explanation, ConfigExplanation)
-    assert keys <= set(explanation.fields)
-    assert all(
-        row.explanation and "Not used by llama3-lab" not in row.explanation for row in explanation.rows
-    )
-
-    text, markdown, page = explanation.to_text(), explanation.to_markdown(), explanation._repr_html_()
-    assert str(explanation) == text
-    for key in keys:
-        assert f"\n{key} = " in text
-        assert f"| `{key}` |" in markdown
-        assert f"<code>{key}</code>" in page
-    assert page.count("<tr>") == len(explanation.rows) + len(explanation.derived) + 2  # + two header rows
-    assert markdown.count("\n| `") == len(explanation.rows) + len(explanation.derived)
-    for figure in ("8,030,261,248", "131,072 B", "16,060,522,496", "14.96 GiB", "1.00 GiB"):
-        assert figure in text
-
-
-def test_explanations_are_right_where_write_ups_are_wrong(llama3_8b: LlamaConfig) -> None:
-    e = llama3_8b.explain()
-    assert "bias vectors" in e["attention_bias"].explanation and "q_proj" in e["attention_bias"].explanation
-    assert "nothing to do with attention masks" in e["attention_bias"].explanation
-    assert "standard deviation" in e["initializer_range"].explanation
-    assert "Irrelevant for a trained checkpoint" in e["initializer_range"].explanation
-    assert "inv_freq_i = θ^(−2i/d)" in e["rope_theta"].explanation
-    assert (
-        "K = 8" in e["num_key_value_heads"].explanation
-        and "G = H/K = 4" in e["num_key_value_heads"].explanation
-    )
-    assert "nothing to emulate" in e["pretraining_tp"].explanation
-    assert "Not a hard-coded buffer" in e["max_position_embeddings"].explanation
-    assert "1e-6" in e["rms_norm_eps"].explanation
-    assert "null: no RoPE scaling" in e["rope_scaling"].explanation
-    assert "separate [V, D]" in e["tie_word_embeddings"].explanation
-    assert "128009 <|eot_id|>" in e["eos_token_id"].explanation
-
-    scaled = LlamaConfig.from_dict(LLAMA32_1B_HF).explain()
-    assert (
-        "29 pairs (0-28) unchanged"
-        in LlamaConfig.from_params(LLAMA31_8B_PARAMS).explain()["rope_scaling"].explanation
-    )
-    assert "factor 32" in scaled["rope_scaling"].explanation
-    assert "true: the unembedding" in scaled["tie_word_embeddings"].explanation
-    assert scaled["params.unembedding"].value == "0"
-
-
-def test_unknown_extras_are_listed() -> None:
-    c = LlamaConfig.from_dict({**LLAMA32_1B_HF, "my_custom_flag": 3})
-    row = c.explain()["my_custom_flag"]
-    assert row.value == "3" and "kept in `extra`" in row.explanation
-
-
-def test_explain_path_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    text = explain_path(CONFIG_JSON)
-    assert "num_key_value_heads = 8" in text and "8,030,261,248" in text
-    cli = pytest.importorskip("llama3_lab.cli")
-    assert cli.main(["explain", str(CONFIG_JSON)]) == 0
-    assert "kv_cache_bytes_per_token(bf16) = 131,072 B" in capsys.readouterr().out
-
-
-def test_explain_gguf_config(smollm2_reader) -> None:
-    text = LlamaConfig.from_gguf(smollm2_reader).explain().to_text()
-    assert "134,515,008" in text and "null: no single storage dtype" in text
-    assert "K = 3 key/value heads" in text and "θ = 100,000" in text

@@ -9,20 +9,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from config_reference import (
+    CONFIG_JSON,
+    LLAMA3_8B_PARAMS,
+    LLAMA3_8B_TOTAL,
+    LLAMA31_8B_PARAMS,
+    LLAMA32_1B_HF,
+    LLAMA32_1B_PARAMS,
+    LLAMA32_1B_TOTAL,
+    write_json,
+)
 from conftest import tiny_model, transformers_from_state
 from safetensors.torch import load_file, save_file
 
-from llama3_lab.config import meta_ffn_hidden_dim
+from llama3_lab.config import (
+    LLAMA31_ROPE_SCALING,
+    ConfigError,
+    ConfigNotFoundError,
+    LlamaConfig,
+    meta_ffn_hidden_dim,
+)
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
 from llama3_lab.loading.hf import hf_name, our_name
 from llama3_lab.loading.layouts import gguf_to_hf_qk, hf_to_gguf_qk, hf_to_meta_qk, meta_to_hf_qk
 from llama3_lab.model import LlamaModel
+from llama3_lab.rope import llama3_divisors
 
 # Tiny random models have no tokenizer: loading one says so once, which is expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*has no tokenizer.model:UserWarning")
 
 TOKENS = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26]])
+
+pytest_plugins = ["config_fixtures"]  # llama3_8b, smollm2_gguf, smollm2_reader
 
 
 def logits_of(model: LlamaModel, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
@@ -273,6 +292,141 @@ def test_meta_checkpoint_errors(tmp_path):
         f.unlink()
     with pytest.raises(FileNotFoundError, match="params.json but no consolidated"):
         load_model(tmp_path, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------- Meta params.json and load_config
+
+
+def test_params_json_llama3_8b_matches_hf_config(tmp_path: Path, llama3_8b: LlamaConfig) -> None:
+    c = LlamaConfig.from_params_json(write_json(tmp_path / "params.json", LLAMA3_8B_PARAMS))
+    assert c.intermediate_size == 14336
+    assert c.rope_scaling is None and c.max_position_embeddings == 8192 and not c.tie_word_embeddings
+    assert (c.bos_token_id, c.eos_token_id, c.vocab_size) == (128000, 128001, 128256)
+    assert c == llama3_8b.replace(extra={})
+
+
+def test_params_json_llama31_8b(tmp_path: Path) -> None:
+    c = LlamaConfig.from_params_json(write_json(tmp_path / "params.json", LLAMA31_8B_PARAMS))
+    assert c.rope_scaling == {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    assert c.max_position_embeddings == 131072
+    assert c.num_parameters() == LLAMA3_8B_TOTAL
+    regimes = c.rope_pair_regimes()  # REFERENCE section 3
+    assert regimes["unchanged"] == list(range(0, 29))
+    assert regimes["smoothed"] == list(range(29, 35))
+    assert regimes["divided"] == list(range(35, 64))
+
+
+def test_params_json_llama32_1b_and_max_seq_len(tmp_path: Path) -> None:
+    c = LlamaConfig.from_params_json(write_json(tmp_path / "params.json", LLAMA32_1B_PARAMS))
+    assert c.rope_scaling["factor"] == 32.0 and c.tie_word_embeddings
+    assert (c.intermediate_size, c.head_dim, c.max_position_embeddings) == (8192, 64, 131072)
+    assert c.num_parameters() == LLAMA32_1B_TOTAL
+    assert c == LlamaConfig.from_dict(LLAMA32_1B_HF).replace(extra={})
+    with_len = LlamaConfig.from_params({**LLAMA32_1B_PARAMS, "max_seq_len": 4096}, tie_word_embeddings=False)
+    assert with_len.max_position_embeddings == 4096 and not with_len.tie_word_embeddings
+    assert LlamaConfig.from_params(LLAMA32_1B_PARAMS, rope_scaling_factor=8).rope_scaling["factor"] == 8.0
+
+
+def test_from_pretrained_picks_by_what_it_finds(tmp_path: Path, llama3_8b: LlamaConfig) -> None:
+    hf_dir, meta_dir, empty = tmp_path / "hf", tmp_path / "meta", tmp_path / "empty"
+    for d in (hf_dir, meta_dir, empty):
+        d.mkdir()
+    llama3_8b.save_json(hf_dir)
+    write_json(meta_dir / "params.json", LLAMA31_8B_PARAMS)
+    (empty / "notes.txt").write_text("nothing here")
+
+    assert LlamaConfig.from_pretrained(hf_dir) == llama3_8b
+    assert LlamaConfig.from_pretrained(CONFIG_JSON) == llama3_8b
+    assert LlamaConfig.from_pretrained(meta_dir).rope_scaling["factor"] == 8.0
+    assert LlamaConfig.from_pretrained(meta_dir / "params.json").max_position_embeddings == 131072
+    with pytest.raises(ConfigNotFoundError, match=r"notes\.txt.*config\.json, params\.json"):
+        LlamaConfig.from_pretrained(empty)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LlamaConfig.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="from_params_json"):
+        LlamaConfig.from_dict(LLAMA3_8B_PARAMS)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        LlamaConfig.from_json(_write_text(tmp_path / "broken.json", "{not json"))
+    with pytest.raises(ConfigError, match="Cannot tell the format"):
+        LlamaConfig.from_pretrained(_write_text(tmp_path / "weights.bin", "binary"))
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------- GGUF metadata
+
+
+def test_gguf_smollm2(smollm2_gguf: Path, smollm2_reader) -> None:
+    reader = smollm2_reader
+    c = LlamaConfig.from_gguf(reader)
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size) == (30, 576, 1536)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.gqa_group) == (9, 3, 64, 3)
+    assert (c.rope_theta, c.rms_norm_eps, c.max_position_embeddings) == (100000.0, 1e-5, 8192)
+    assert c.vocab_size == 49152 and c.tie_word_embeddings and c.rope_scaling is None
+    assert (c.bos_token_id, c.eos_token_id) == (1, 2)
+    assert c.num_parameters() == 134_515_008
+    # The count matches the tensors actually stored in the file (GGUF shapes are reversed, numel is not).
+    assert c.num_parameters() == sum(int(np.prod(t.shape)) for t in reader.tensors)
+    assert LlamaConfig.from_pretrained(smollm2_gguf) == c
+    assert LlamaConfig.from_dict(c.to_dict()) == c
+
+
+def _write_gguf(path: Path, *, with_output: bool, rope_freqs: np.ndarray | None) -> Path:
+    """A tiny llama GGUF with the metadata llama.cpp writes (tensors are placeholders: only names matter)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny test")
+    writer.add_block_count(2)
+    writer.add_context_length(131072)
+    writer.add_embedding_length(256)
+    writer.add_feed_forward_length(512)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(500000.0)
+    writer.add_rope_dimension_count(64)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(300)])
+    writer.add_bos_token_id(7)
+    writer.add_eos_token_id(9)
+    writer.add_tensor("token_embd.weight", np.zeros((300, 256), dtype=np.float32))
+    if with_output:
+        writer.add_tensor("output.weight", np.zeros((300, 256), dtype=np.float32))
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", rope_freqs.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_llama31_style_rope_freqs_and_untied(tmp_path: Path) -> None:
+
+    divisors = np.array(llama3_divisors(LLAMA31_ROPE_SCALING, 64, 500000.0))
+    c = LlamaConfig.from_gguf(_write_gguf(tmp_path / "m.gguf", with_output=True, rope_freqs=divisors))
+    assert c.rope_scaling == LLAMA31_ROPE_SCALING
+    assert not c.tie_word_embeddings and c.head_dim == 64 and c.vocab_size == 300
+    assert (c.bos_token_id, c.eos_token_id, c.rms_norm_eps) == (7, 9, 1e-5)
+    assert c.extra == {"gguf_general_name": "tiny test"}
+
+    tied = LlamaConfig.from_gguf(_write_gguf(tmp_path / "t.gguf", with_output=False, rope_freqs=None))
+    assert tied.tie_word_embeddings and tied.rope_scaling is None
+
+    wrong = divisors.copy()
+    wrong[30] = 3.0
+    with pytest.raises(ConfigError, match="rope_freqs"):
+        LlamaConfig.from_gguf(_write_gguf(tmp_path / "w.gguf", with_output=True, rope_freqs=wrong))
 
 
 # --------------------------------------------------------------------------------------------- GGUF

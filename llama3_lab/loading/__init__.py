@@ -1,13 +1,15 @@
-"""``load_model``: one entry point for every weight format, each format in its own file.
+"""``load_model`` and ``load_config``: one entry point for every format, each format in its own file.
 
 - a name: ``"smollm2-135m-instruct"`` (the embedded model: its GGUF is fetched, dequantized and
   converted once into a cached Hugging Face directory, which later loads read directly);
 - a Hugging Face directory (``config.json`` + ``model.safetensors`` or shards with an index): ``hf.py``;
-- a Meta directory (``params.json`` + ``consolidated.NN.pth``): ``meta.py``;
-- a ``.gguf`` file: ``gguf.py``.
+- a Meta directory (``params.json`` + ``consolidated.NN.pth``): ``meta.py``, its config ``meta_params.py``;
+- a ``.gguf`` file: ``gguf.py``, its config ``gguf_config.py`` (metadata read by ``gguf_metadata``).
 
-Every loader builds the model on the meta device and fills it tensor by tensor (``fill.py``), so
-peak memory stays near one copy of the weights. Layout permutations live in ``layouts.py``.
+:func:`find_checkpoint` tells them apart, for both loaders. Every weight loader builds the model on the
+meta device and fills it tensor by tensor (``fill.py``), so peak memory stays near one copy of the weights.
+Layout permutations live in ``layouts.py``. Importing this package imports no torch: each format's
+module is imported when it is used.
 """
 
 from __future__ import annotations
@@ -16,23 +18,103 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import torch
-
-from .fill import LoadError
-from .gguf import load_gguf
-from .hf import load_hf_dir, save_hf
-from .meta import load_meta_dir
+from ..config import ConfigNotFoundError, LlamaConfig, is_meta_params, read_json
+from .errors import LoadError
 
 if TYPE_CHECKING:
+    import torch
+
     from ..model import LlamaModel
 
-__all__ = ["LoadError", "load_model", "converted_model_dir", "NAMED_MODELS"]
+__all__ = ["LoadError", "load_model", "load_config", "find_checkpoint", "converted_model_dir", "NAMED_MODELS"]
 
 #: Named models: name → (asset holding the weights, tokenizer name).
 NAMED_MODELS = {"smollm2-135m-instruct": ("smollm2-135m-instruct.gguf", "smollm2-135m-instruct")}
 LLAMA3_VOCAB_SIZE = 128256
+
+
+class Checkpoint(NamedTuple):
+    """What a name or path holds: ``format`` and where (a directory, a .gguf file, or the model's name)."""
+
+    format: Literal["named", "hf", "meta", "gguf"]
+    path: Path | str
+
+
+def find_checkpoint(name_or_path: str | Path) -> Checkpoint:
+    """Which format ``name_or_path`` is: a named model, a Hugging Face or Meta directory, or a GGUF file.
+
+    A ``config.json``, ``params.json`` or ``model.safetensors`` file stands for its directory. Raises
+    :class:`~llama3_lab.config.ConfigNotFoundError` (a ``FileNotFoundError``) saying what was expected.
+    """
+    if isinstance(name_or_path, str) and name_or_path in NAMED_MODELS:
+        return Checkpoint("named", name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and (path.suffix == ".gguf" or _has_gguf_magic(path)):
+        return Checkpoint("gguf", path)
+    if path.is_file() and path.name in ("config.json", "params.json", "model.safetensors"):
+        path = path.parent
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return Checkpoint("hf", path)
+        if (path / "params.json").is_file():
+            return Checkpoint("meta", path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return Checkpoint("gguf", ggufs[0])
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+        found = f"{len(ggufs)} .gguf files (pass one of them)" if ggufs else found
+        raise ConfigNotFoundError(
+            f"{path} is not a model directory: found {found}; expected config.json, params.json or one .gguf "
+            "file (Hugging Face: config.json + model.safetensors; Meta: params.json + consolidated.00.pth)."
+        )
+    if path.is_file():
+        raise ConfigNotFoundError(
+            f"Cannot tell the format of {path}: not a config.json, params.json or model.safetensors, and no "
+            "GGUF magic. Pass a Hugging Face or Meta checkpoint directory, its config.json or params.json, "
+            "or a .gguf file."
+        )
+    known = ", ".join(repr(n) for n in NAMED_MODELS)
+    raise ConfigNotFoundError(
+        f"{str(name_or_path)!r} does not exist: it is neither a known model name ({known}) nor an existing "
+        "file or directory. Pass a Hugging Face or Meta checkpoint directory, or a .gguf file."
+    )
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def load_config(name_or_path: str | Path) -> LlamaConfig:
+    """The config of what ``name_or_path`` holds, without loading weights (``LlamaConfig.from_pretrained``).
+
+    Everything :func:`load_model` accepts, and any ``.json`` file (Hugging Face or Meta format, told apart
+    by its keys).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix.lower() == ".json":
+        d = read_json(path)
+        if is_meta_params(d):
+            from .meta_params import config_from_params
+
+            return config_from_params(d)
+        return LlamaConfig.from_dict(d)
+    checkpoint = find_checkpoint(name_or_path)
+    if checkpoint.format == "hf":
+        return LlamaConfig.from_json(checkpoint.path / "config.json")
+    if checkpoint.format == "meta":
+        from .meta_params import config_from_params_json
+
+        return config_from_params_json(checkpoint.path / "params.json")
+    from .gguf_config import config_from_gguf
+
+    if checkpoint.format == "named":
+        from ..assets import asset_path
+
+        return config_from_gguf(asset_path(NAMED_MODELS[checkpoint.path][0]))
+    return config_from_gguf(checkpoint.path)
 
 
 def load_model(
@@ -57,6 +139,8 @@ def load_model(
     is printed (``progress``) and kept as ``model.placement``; weights are streamed in once. See
     ``llama3_lab.placement``.
     """
+    import torch
+
     from ..model import default_device, default_dtype
 
     device = torch.device(device) if device is not None else default_device()
@@ -71,37 +155,27 @@ def load_model(
     elif max_memory is not None or offload_folder is not None:
         raise ValueError("max_memory and offload_folder place a model over devices: pass device_map too.")
 
-    if isinstance(name_or_path, str) and name_or_path in NAMED_MODELS:
-        directory = converted_model_dir(name_or_path, progress=progress)
-        model = load_hf_dir(directory, device, dtype, progress=progress, placement=placement)
-        model.set_tokenizer_loader(_named_tokenizer(NAMED_MODELS[name_or_path][1]))
-        return model
+    checkpoint = find_checkpoint(name_or_path)
+    if checkpoint.format == "named":
+        from .hf import load_hf_dir
 
-    path = Path(name_or_path).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return load_gguf(path, device, dtype, progress=progress, placement=placement)
-    if path.is_file() and path.name in ("config.json", "params.json", "model.safetensors"):
-        path = path.parent
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            model = load_hf_dir(path, device, dtype, progress=progress, placement=placement)
-            _attach_hf_tokenizer(model, path)
-            return model
-        if (path / "params.json").is_file():
-            return load_meta_dir(path, device, dtype, progress=progress, placement=placement)
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return load_gguf(ggufs[0], device, dtype, progress=progress, placement=placement)
-        found = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
-        raise FileNotFoundError(
-            f"{path} is not a model directory: expected config.json + model.safetensors (Hugging Face), "
-            f"params.json + consolidated.00.pth (Meta) or one .gguf file; found {found}."
-        )
-    known = ", ".join(repr(n) for n in NAMED_MODELS)
-    raise FileNotFoundError(
-        f"{str(name_or_path)!r} is neither a known model name ({known}) nor an existing file or directory. "
-        "Pass a Hugging Face or Meta checkpoint directory, or a .gguf file."
-    )
+        directory = converted_model_dir(checkpoint.path, progress=progress)
+        model = load_hf_dir(directory, device, dtype, progress=progress, placement=placement)
+        model.set_tokenizer_loader(_named_tokenizer(NAMED_MODELS[checkpoint.path][1]))
+        return model
+    if checkpoint.format == "gguf":
+        from .gguf import load_gguf
+
+        return load_gguf(checkpoint.path, device, dtype, progress=progress, placement=placement)
+    if checkpoint.format == "hf":
+        from .hf import load_hf_dir
+
+        model = load_hf_dir(checkpoint.path, device, dtype, progress=progress, placement=placement)
+        _attach_hf_tokenizer(model, checkpoint.path)
+        return model
+    from .meta import load_meta_dir
+
+    return load_meta_dir(checkpoint.path, device, dtype, progress=progress, placement=placement)
 
 
 def _named_tokenizer(name: str):  # noqa: ANN202 - a zero-argument loader
@@ -142,7 +216,11 @@ def converted_model_dir(name: str, progress: bool = True) -> Path:
     ``model.safetensors`` are written into a temporary directory renamed into place, so a crash never
     leaves a half-converted model behind.
     """
+    import torch
+
     from ..assets import asset_path, cache_dir
+    from .gguf import load_gguf
+    from .hf import save_hf
 
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():

@@ -12,13 +12,10 @@ from torch import nn
 
 from ..assets import atomic_path, write_atomic
 from ..config import LlamaConfig
+from .errors import LoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..placement import PlacementRequest
-
-
-class LoadError(ValueError):
-    """Weights that do not fit the model: the message names the file, the tensor and the fix."""
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 
 from ..config import LlamaConfig
-from .fill import LoadError, fill_model
+from ..gguf_metadata import GGUFError, open_gguf
+from .errors import LoadError
+from .fill import fill_model
+from .gguf_config import config_from_gguf
+
+__all__ = ["dequantized_tensors", "load_gguf", "open_gguf", "our_name"]
 from .layouts import gguf_to_hf_qk
 
 # llama.cpp tensor name → ours; {l} is the layer.
@@ -52,19 +57,6 @@ def our_name(gguf_name: str) -> str | None:
     return None
 
 
-def open_gguf(path: str | Path) -> Any:
-    """A ``gguf.GGUFReader`` for ``path``, with errors that name the file."""
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path} does not exist.")
-    try:
-        return GGUFReader(path)
-    except Exception as e:  # gguf raises ValueError/IndexError/struct errors on damaged files
-        raise LoadError(f"{path} is not a readable GGUF file (truncated or corrupt?): {e}") from e
-
-
 def dequantized_tensors(
     reader: Any, cfg: LlamaConfig, source: str = "gguf"
 ) -> Iterator[tuple[str, torch.Tensor, str]]:
@@ -97,8 +89,11 @@ def load_gguf(
     placement: Any = None,
 ) -> Any:
     """A model from a GGUF file, dequantized to ``dtype`` (with the file's own tokenizer if ``tokenizer``)."""
-    reader = open_gguf(path)
-    cfg = LlamaConfig.from_gguf(reader)
+    try:
+        reader = open_gguf(path)
+    except GGUFError as e:
+        raise LoadError(str(e)) from e
+    cfg = config_from_gguf(reader)
     tok = None
     if tokenizer and "tokenizer.ggml.tokens" in reader.fields:
         from ..tokenizer import GGUFByteBPETokenizer

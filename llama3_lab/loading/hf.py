@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from ..assets import atomic_path
 from ..config import LlamaConfig
-from .fill import LoadError, fill_model
+from .errors import LoadError
+from .fill import fill_model
 
 if TYPE_CHECKING:
     from ..model import LlamaModel

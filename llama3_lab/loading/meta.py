@@ -19,8 +19,10 @@ from typing import Any
 import torch
 
 from ..config import LlamaConfig
-from .fill import LoadError, fill_model
+from .errors import LoadError
+from .fill import fill_model
 from .layouts import meta_to_hf_qk
+from .meta_params import config_from_params_json
 
 # Meta name → (ours, the axis shards are concatenated along; None = replicated).
 _META_NAMES: dict[str, tuple[str, int | None]] = {
@@ -136,7 +138,7 @@ def load_meta_dir(
     first = _open_shard(files[0])
     tied = "output.weight" not in first  # params.json does not say; the checkpoint does
     del first
-    cfg = LlamaConfig.from_params_json(directory / "params.json", tie_word_embeddings=tied)
+    cfg = config_from_params_json(directory / "params.json", tie_word_embeddings=tied)
     shapes = {name: tuple(p.shape) for name, p in LlamaModel(cfg, device="meta").named_parameters()}
     tokenizer = None
     if (directory / "tokenizer.model").is_file():

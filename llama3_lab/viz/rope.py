@@ -1,8 +1,9 @@
 """Rotary position embedding figures: frequencies, the cos/sin table, one pair's rotation, score decay with
 distance, and the Llama 3.1 scaling bands.
 
-The math lives in :mod:`llama3_lab.model` (``rope_inv_freq``, ``Rotary``, ``apply_rotary_complex``); these
-functions only draw what it computes, so a figure can never disagree with the model. Anywhere a "RoPE
+The math lives in :mod:`llama3_lab.rope` (``rope_inv_freq``, ``rope_pair_regimes``), :mod:`llama3_lab.model`
+(``Rotary``, ``apply_rotary_complex``); these functions only draw what they compute, so a figure can never
+disagree with the model. Anywhere a "RoPE
 source" is accepted, pass a :class:`~llama3_lab.config.LlamaConfig` (its ``rope_theta``, ``head_dim`` and
 ``rope_scaling`` are used) or an inverse-frequency array ``[d/2]``.
 """
@@ -52,7 +53,7 @@ def rope_config(theta: float, head_dim: int = 128, rope_scaling: dict[str, Any] 
 def inv_freq_of(source: RopeSource) -> np.ndarray:
     """Inverse frequencies [d/2] of a RoPE source, computed by the model's ``rope_inv_freq`` for a config."""
     if isinstance(source, LlamaConfig):
-        from ..model import rope_inv_freq  # imported here: torch is only needed once a figure is drawn
+        from ..rope import rope_inv_freq  # imported here: torch is only needed once a figure is drawn
 
         return to_numpy(rope_inv_freq(source))
     inv_freq = to_numpy(source, name="inv_freq")
@@ -342,7 +343,7 @@ def rope_scaling_bands(
     (> orig/low_freq_factor) are divided by ``factor``, the ones in between are interpolated smoothly. For
     Llama 3.1 (factor 8, d = 128, θ = 5·10⁵) that is pairs 0-28 unchanged, 29-34 smoothed, 35-63 divided.
     Pass a config with ``rope_scaling`` or the parameters (defaults: Llama 3.1). Frequencies come from the
-    model's ``rope_inv_freq``, the bands from ``LlamaConfig.rope_pair_regimes``.
+    ``rope.rope_inv_freq``, the bands from ``rope.rope_pair_regimes``.
     """
     if cfg is None:
         cfg = rope_config(theta, head_dim, dict(rope_scaling or LLAMA31_ROPE_SCALING))

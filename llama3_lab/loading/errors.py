@@ -1,0 +1,5 @@
+"""The loaders' error, in a module of its own so that naming it imports nothing heavy."""
+
+
+class LoadError(ValueError):
+    """Weights that do not fit the model: the message names the file, the tensor and the fix."""
