@@ -61,6 +61,12 @@ def _hook(hook: HookPoint, x: torch.Tensor) -> torch.Tensor:
     return hook(x) if _is_hooked(hook) else x
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the precision-critical steps (norm statistics, RoPE, softmax) compute in: float32 for
+    bf16/fp16/float32 models, float64 for float64 models (promote, never demote)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def default_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,8 +96,8 @@ def matvec_layout(weight: torch.Tensor) -> torch.Tensor:
 class RMSNorm(nn.Module):
     """x / RMS(x) · weight, with RMS(x) = sqrt(mean(x²) + eps) computed in float32.
 
-    The statistics are taken in float32 and the normalized vector cast back to the input dtype
-    before the weight multiplies it (Meta's and Hugging Face's order: it matters in bf16).
+    The statistics are taken in float32 (float64 in a float64 model) and the normalized vector cast back
+    to the input dtype before the weight multiplies it (Meta's and Hugging Face's order: it matters in bf16).
     """
 
     def __init__(self, dim: int, eps: float, device: Device = None) -> None:
@@ -107,7 +113,7 @@ class RMSNorm(nn.Module):
             # The same math as below in one fused kernel (bit-identical in float32; not in bf16, where
             # the cast before the weight matters).
             return _hook(self.hook_out, F.rms_norm(x, self.weight.shape, self.weight, self.eps))
-        x32 = x.float()
+        x32 = x.to(at_least_float32(x.dtype))
         mean_square = x32.pow(2).mean(-1, keepdim=True) + self.eps
         if _is_hooked(self.hook_scale):
             rms = mean_square.sqrt()
@@ -134,10 +140,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [B P heads d] by the angles whose cos/sin are given [P d] (Hugging Face layout).
 
-    Dim i is paired with dim i + d/2; the rotation is computed in float32 and cast back, so bf16
-    models lose no precision here.
+    Dim i is paired with dim i + d/2; the rotation is computed in float32 (float64 for a float64 model)
+    and cast back, so bf16 models lose no precision here. The cos/sin tables themselves are float32, as
+    in transformers, whatever the model's dtype.
     """
-    x32 = x.float()
+    x32 = x.to(at_least_float32(x.dtype))
     cos, sin = cos[:, None, :], sin[:, None, :]  # [P 1 d]: one angle per position, shared by heads
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
@@ -285,7 +292,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         scores = _hook(self.hook_attn_scores, rearrange(scores, "b k g p t -> b (k g) p t"))
-        pattern = scores.softmax(dim=-1, dtype=torch.float32).to(queries.dtype)
+        pattern = scores.softmax(dim=-1, dtype=at_least_float32(scores.dtype)).to(queries.dtype)
         pattern = _hook(self.hook_pattern, pattern)
         pattern = rearrange(pattern, "b (k g) p t -> b k g p t", k=self.n_kv_heads)
         z = torch.einsum("bkgpt,bktd->bpkgd", pattern, values)
