@@ -194,17 +194,21 @@ def weight_bytes(model: torch.nn.Module) -> int:
 # ---------------------------------------------------------------------------------------- transformers
 
 
-def transformers_twin(model: Any, attn: str = "eager") -> Any:
+def transformers_twin(model: Any, attn: str = "eager", dtype: torch.dtype | None = None) -> Any:
     """``transformers.LlamaForCausalLM`` whose parameters ARE ``model``'s tensors (no copy: an 8B twin
-    costs no memory). Built on the meta device, then given our tensors under Hugging Face's names."""
+    costs no memory). Built on the meta device, then given our tensors under Hugging Face's names.
+
+    With a ``dtype`` other than the model's (a float32 reference for bf16 weights), it holds cast copies.
+    """
     import transformers
 
     from llama3_lab.loading.hf import hf_config_dict, hf_name
 
+    dtype = dtype or model.dtype
     config = transformers.LlamaConfig(**hf_config_dict(model.cfg))
-    state = {hf_name(name): p.detach() for name, p in model.named_parameters()}
+    state = {hf_name(name): p.detach().to(dtype) for name, p in model.named_parameters()}  # no-op cast
     with torch.device("meta"):
-        twin = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=model.dtype)
+        twin = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
     if config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     twin.load_state_dict(state, strict=True, assign=True)

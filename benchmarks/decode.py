@@ -78,8 +78,9 @@ def main() -> None:
 
     import transformers
 
-    from llama3_lab.generation import Session, generate_tokens
+    from llama3_lab.generation import generate_tokens
     from llama3_lab.loading import converted_model_dir, load_model
+    from llama3_lab.session import Session
 
     name = "smollm2-135m-instruct"
     model = load_model(name, device="cpu", dtype=torch.float32, progress=False)

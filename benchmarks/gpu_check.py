@@ -46,6 +46,8 @@ from benchmarks.common import (  # noqa: E402 - after the path set-up above
     markdown_table,
     read_bandwidth_gbps,
     synchronize,
+    timed,
+    transformers_greedy,
     transformers_twin,
     weight_bytes,
     write_section,
@@ -60,34 +62,7 @@ TINY = dict(
 def median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 3, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def transformers_sharing(model: Any, attn: str, dtype: torch.dtype | None = None) -> Any:
-    """transformers' LlamaForCausalLM on ``model``'s tensors; with ``dtype``, on a cast copy of them."""
-    if dtype is None or dtype == model.dtype:
-        return transformers_twin(model, attn=attn)
-    import transformers
-
-    from llama3_lab.loading.hf import hf_config_dict, hf_name
-
-    config = transformers.LlamaConfig(**hf_config_dict(model.cfg))
-    with torch.device("meta"):
-        hf = transformers.LlamaForCausalLM._from_config(config, attn_implementation=attn, dtype=dtype)
-    state = {hf_name(n): p.to(dtype) for n, p in model.named_parameters()}
-    if model.cfg.tie_word_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    hf.load_state_dict(state, strict=True, assign=True)
-    with torch.device(model.device):
-        hf.model.rotary_emb = transformers.models.llama.modeling_llama.LlamaRotaryEmbedding(config)
-    return hf.eval()
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def distance(logits: torch.Tensor, reference: torch.Tensor) -> str:
@@ -112,7 +87,7 @@ def check_numerics(model: Any, hf: Any, cfg: Any, args: argparse.Namespace, repo
     with torch.inference_mode():
         ours = model(tokens)
         theirs = hf(tokens).logits
-        reference_model = transformers_sharing(model, attn="sdpa", dtype=torch.float32)
+        reference_model = transformers_twin(model, attn="sdpa", dtype=torch.float32)
         reference = reference_model(tokens).logits.float()
     del reference_model
     free_memory(device)
@@ -184,26 +159,10 @@ def check_speed(model: Any, hf: Any, cfg: Any, args: argparse.Namespace) -> dict
     synchronize(device)
     figures["fast_capture_s"] = time.perf_counter() - start
 
-    def hf_generate(k: int) -> list[int]:
-        with torch.inference_mode():
-            out = hf.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=k,
-                min_new_tokens=k,
-                do_sample=False,
-                pad_token_id=0,
-                eos_token_id=None,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-            )
-        return out[0, len(prompt_ids) :].tolist()
-
     runners: dict[str, Callable[[int], list[int]]] = {
         "eager": lambda k: list(generate_tokens(model, prompt_ids, k, temperature=0)),
         "fast": functools.partial(decoder.generate_greedy, prompt_ids),
-        "transformers": hf_generate,
+        "transformers": functools.partial(transformers_greedy, hf, prompt_ids),
     }
     tokens = {}
     for name, run in runners.items():
@@ -351,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     synchronize(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"built {n_params:,} random bf16 parameters on {device} in {time.perf_counter() - t0:.1f} s")
-    hf = transformers_sharing(model, attn="sdpa")
+    hf = transformers_twin(model, attn="sdpa")
     shared = (
         hf.model.layers[0].self_attn.q_proj.weight.data_ptr() == model.blocks[0].attn.q_proj.weight.data_ptr()
     )

@@ -349,8 +349,9 @@ def phase_decode(opts: Options) -> PhaseResult:
 
 def phase_session(opts: Options) -> PhaseResult:
     """A ``Session`` step with its full record vs a plain cached decode step, in alternating chunks."""
-    from llama3_lab.generation import Session, sample_next
     from llama3_lab.kv_cache import KVCache
+    from llama3_lab.sampling import sample_next
+    from llama3_lab.session import Session
 
     result = PhaseResult("session")
     model = build_model(opts)

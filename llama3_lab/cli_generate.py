@@ -17,8 +17,9 @@ def _add_model_and_sampling(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: float32 on CPU)")
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass, 1 = off (default 0.9)")
+    # Sampling defaults (None here) are Sampling's own, so they live in one place: llama3_lab.sampling.
+    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.6)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus mass, 1 = off (default 0.9)")
     parser.add_argument(
         "--top-k", type=int, default=None, help="keep the k most probable tokens (default off)"
     )
@@ -50,28 +51,38 @@ def add_cli_commands(subparsers: Any) -> None:
     p.set_defaults(func=cmd_chat)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from . import loading
+def _generate_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``generate()``'s keywords from the command line; the sampling settings become one ``Sampling``
+    (which raises ``GenerationError`` for a value out of range)."""
+    from .sampling import Sampling
 
-    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
-    return loading.load_model(args.model, device=args.device, dtype=args.dtype, progress=False)
-
-
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
     return dict(
         max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
+        sampling=Sampling(**{name: value for name, value in given.items() if value is not None}),
         seed=args.seed,
         fast=args.fast,
     )
 
 
-def _stream(model: Any, prompt: Any, sampling: dict[str, Any], out: TextIO) -> str:
+def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The model and ``generate()``'s keywords; bad sampling settings fail before the model loads."""
+    from . import loading
+
+    options = _generate_options(args)
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    return loading.load_model(args.model, device=args.device, dtype=args.dtype, progress=False), options
+
+
+def _fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def _stream(model: Any, prompt: Any, options: dict[str, Any], out: TextIO) -> str:
     from .generation import generate
 
-    stream = generate(model, prompt, stream=True, **sampling)
+    stream = generate(model, prompt, stream=True, **options)
     for piece in stream:
         out.write(piece)
         out.flush()
@@ -81,35 +92,27 @@ def _stream(model: Any, prompt: Any, sampling: dict[str, Any], out: TextIO) -> s
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generation import GenerationError, check_sampling
+    from .sampling import GenerationError
 
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     try:
-        check_sampling(args.temperature, args.top_p, args.top_k)
+        model, options = _load(args)
+        if args.chat:
+            system = [{"role": "system", "content": args.system}] if args.system else []
+            prompt = [*system, {"role": "user", "content": prompt}]
+        _stream(model, prompt, options, sys.stdout)
     except GenerationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    model = _load(args)
-    if args.chat:
-        system = [{"role": "system", "content": args.system}] if args.system else []
-        prompt = [*system, {"role": "user", "content": prompt}]
-    try:
-        _stream(model, prompt, _sampling(args), sys.stdout)
-    except GenerationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .generation import GenerationError, check_sampling
+    from .sampling import GenerationError
 
     try:
-        check_sampling(args.temperature, args.top_p, args.top_k)
+        model, options = _load(args)
     except GenerationError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    model = _load(args)
+        return _fail(error)
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
     interactive = sys.stdin.isatty()
@@ -134,7 +137,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         messages.append({"role": "user", "content": text})
         try:
-            reply = _stream(model, messages, _sampling(args), sys.stdout)
+            reply = _stream(model, messages, options, sys.stdout)
         except GenerationError as error:
             messages.pop()
             print(f"error: {error} (/reset starts a new conversation)", file=sys.stderr, flush=True)

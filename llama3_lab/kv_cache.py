@@ -8,15 +8,20 @@ edited, rewound and cloned like any tensor.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from .config import LlamaConfig
 from .units import format_bytes
 
-if TYPE_CHECKING:
-    from .model import LlamaModel
+
+class HasConfig(Protocol):
+    """What ``KVCache.allocate`` reads from a model: its config, device and dtype (a ``LlamaModel``)."""
+
+    cfg: LlamaConfig
+    device: torch.device
+    dtype: torch.dtype
 
 
 class KVCache:
@@ -36,7 +41,7 @@ class KVCache:
     @classmethod
     def allocate(
         cls,
-        cfg: LlamaConfig | LlamaModel,
+        cfg: LlamaConfig | HasConfig,
         batch_size: int = 1,
         max_length: int | None = None,
         device: torch.device | str | None = None,
@@ -144,13 +149,37 @@ class KVCache:
         self.length = 0
         return self
 
+    def grow(self, max_length: int) -> KVCache:
+        """Enlarge the cache in place to ``max_length`` positions, keeping the filled ones.
+
+        The one place a cache grows: new tensors of the larger size, the filled prefix copied over.
+        Views taken before (``layer_keys``...) still show the old tensors.
+        """
+        if max_length < self.max_length:
+            raise ValueError(
+                f"cannot grow a cache of {self.max_length} positions to {max_length}: to forget positions, "
+                "use truncate() or rewind()."
+            )
+        if max_length > self.max_length:
+            self.keys, self.values = self._copy_filled(max_length)
+        return self
+
     def clone(self) -> KVCache:
         """An independent copy (same capacity; only the filled positions are copied)."""
-        keys = [torch.empty_like(t) for t in self.keys]
-        values = [torch.empty_like(t) for t in self.values]
-        for src, dst in zip(self.keys + self.values, keys + values):
-            dst[:, :, : self.length] = src[:, :, : self.length]
+        keys, values = self._copy_filled(self.max_length)
         return KVCache(keys, values, self.length)
+
+    def _copy_filled(self, max_length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """New key and value tensors of ``max_length`` positions holding a copy of the filled ones."""
+
+        def copy(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            B, K, _, d = tensors[0].shape
+            copies = [t.new_empty((B, K, max_length, d)) for t in tensors]
+            for src, dst in zip(tensors, copies):
+                dst[:, :, : self.length] = src[:, :, : self.length]
+            return copies
+
+        return copy(self.keys), copy(self.values)
 
     def __repr__(self) -> str:
         B, K, T, d = self.keys[0].shape

@@ -606,6 +606,6 @@ class LlamaModel(HookedRootModule):
 
     def session(self, *args: Any, **kwargs: Any) -> Any:
         """A stepping generation session; see ``llama3_lab.generation.Session``."""
-        from .generation import session
+        from .session import session
 
         return session(self, *args, **kwargs)

@@ -16,7 +16,7 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
-from llama3_lab.generation import Session
+from llama3_lab.session import Session
 from llama3_lab.widgets._base import WIDGET_VIEW_MIME
 
 TESTS = Path(__file__).parent

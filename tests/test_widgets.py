@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from llama3_lab.generation import Session
+from llama3_lab.session import Session
 from llama3_lab.widgets import (
     KNOWN_CONFIGS,
     AttentionExplorer,

@@ -1,8 +1,8 @@
 """GenerationStepper: generate one token per click and watch what the new token attended to.
 
-Built on :class:`llama3_lab.generation.Session`: Step is ``session.step()``, Back is ``session.rewind(1)``,
+Built on :class:`llama3_lab.session.Session`: Step is ``session.step()``, Back is ``session.rewind(1)``,
 Reset rewinds every generated token (and re-seeds when the seed changed), so the prompt is prefilled once.
-Each :class:`~llama3_lab.generation.StepRecord` already holds the top-k candidates, the entropy and every
+Each :class:`~llama3_lab.session.StepRecord` already holds the top-k candidates, the entropy and every
 head's attention row of the query that produced the token; the stepper only picks a layer and head and
 hands those to :mod:`llama3_lab.viz`.
 """
@@ -16,7 +16,8 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..generation import Session, StepRecord, check_sampling, make_generator
+from ..sampling import SAMPLING_FIELDS, Sampling, make_generator, resolve_sampling
+from ..session import Session, StepRecord
 from ..tokenizer import token_strings
 from ..viz import attention_pattern, display_token, token_strip, topk_bars
 from ..viz._common import bare_figure
@@ -29,16 +30,20 @@ STRIP_WINDOW = 160
 """Tokens shown in the strip: the last ones (a 2,048-token prompt would be an unreadable wall of boxes)."""
 PROMPT_TAIL = 12
 """Prompt tokens shown before the generated text in the text line."""
+GREEDY = Sampling(temperature=0.0)
+"""The stepper's default sampling: greedy, so that stepping is reproducible until the sliders move."""
 
 
 class GenerationStepper(Explorer):
     """Step through generation token by token: Step, Back and Reset, sampling controls, layer and head.
 
-    ``GenerationStepper(model, prompt, temperature=0.0, top_p=0.9, top_k=None, seed=0, layer=None, head=0)``;
-    ``prompt`` is text, token ids or chat messages, as for :func:`llama3_lab.generation.generate`; ``layer``
-    defaults to the middle layer. Views: the text as a token strip coloured by the chosen head's attention
-    from the query that produced the newest token; the top-k candidates of the last step with the sampled
-    token highlighted; and the chosen head's attention of every generated token so far (one row per step).
+    ``GenerationStepper(model, prompt, sampling=None, seed=0, layer=None, head=0, **kwargs)``; the sampling
+    settings as a ``Sampling`` or as keywords (``temperature=0.7, top_k=5``; greedy by default), other
+    keywords go to :class:`~llama3_lab.session.Session`; ``prompt`` is text, token ids or chat messages,
+    as for :func:`llama3_lab.generation.generate`; ``layer`` defaults to the middle layer. Views: the text
+    as a token strip coloured by the chosen head's attention from the query that produced the newest
+    token; the top-k candidates of the last step with the sampled token highlighted; and the chosen
+    head's attention of every generated token so far (one row per step).
 
     State for code and tests: :attr:`session`, :attr:`tokens`, :attr:`new_tokens`, :attr:`history`,
     :attr:`text`. The status line reads ``"step N · ..."`` after each redraw.
@@ -48,21 +53,19 @@ class GenerationStepper(Explorer):
         self,
         model: LlamaModel,
         prompt: Any,
-        temperature: float = 0.0,
-        top_p: float = 0.9,
-        top_k: int | None = None,
+        sampling: Sampling | None = None,
+        *,
         seed: int = 0,
         layer: int | None = None,
         head: int = 0,
-        **session_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
-        check_sampling(temperature, top_p, top_k)
+        sampling_options = {name: kwargs.pop(name) for name in SAMPLING_FIELDS if name in kwargs}
+        sampling = resolve_sampling(sampling, sampling_options, GREEDY, caller="GenerationStepper")
         cfg = model.cfg
         self.model = model
-        self.session = Session(
-            model, prompt, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, **session_kwargs
-        )
+        self.session = Session(model, prompt, sampling, seed=seed, **kwargs)
         self._seed_used = seed
 
         self.step_button = widgets.Button(description="Step", button_style="primary", icon="play")
@@ -79,14 +82,19 @@ class GenerationStepper(Explorer):
 
         self.temperature = labelled(
             "temperature",
-            widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, continuous_update=False),
+            widgets.FloatSlider(
+                value=sampling.temperature, min=0.0, max=2.0, step=0.05, continuous_update=False
+            ),
         )
         self.top_k = labelled(
             "top-k (0 = off)",
-            widgets.IntSlider(value=top_k or 0, min=0, max=min(200, cfg.vocab_size), continuous_update=False),
+            widgets.IntSlider(
+                value=sampling.top_k or 0, min=0, max=min(200, cfg.vocab_size), continuous_update=False
+            ),
         )
         self.top_p = labelled(
-            "top-p", widgets.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, continuous_update=False)
+            "top-p",
+            widgets.FloatSlider(value=sampling.top_p, min=0.05, max=1.0, step=0.05, continuous_update=False),
         )
         self.seed = labelled("seed (on Reset)", widgets.IntText(value=seed))
         self.seed.layout.width = "220px"
@@ -179,10 +187,7 @@ class GenerationStepper(Explorer):
 
     def _sampling_changed(self) -> None:
         """New sampling settings apply from the next step on."""
-        temperature, top_p = self.temperature.value, self.top_p.value
-        top_k = self.top_k.value or None
-        check_sampling(temperature, top_p, top_k)
-        self.session.temperature, self.session.top_p, self.session.top_k = temperature, top_p, top_k
+        self.session.sampling = Sampling(self.temperature.value, self.top_p.value, self.top_k.value or None)
         self.redraw()
 
     # -- drawing -------------------------------------------------------------------------------------
