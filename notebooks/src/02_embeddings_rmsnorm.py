@@ -103,8 +103,8 @@ print(f"direct path predicts the input token itself for {(direct.argmax(-1) == s
 #
 # Every block *adds* its attention and MLP outputs to the residual stream, so its size drifts layer after layer.
 # Each block therefore reads a normalized copy. The figure shows ‖x‖ of the residual stream at every layer
-# and position (log colour scale). Note the first token: its norm is tens of times the others' (an "attention
-# sink", notebook 04).
+# and position (log colour scale). Note the first token: it stands out from the others in most layers
+# (notebook 07 measures by how much; an "attention sink", notebook 04).
 
 # %%
 tokens = tok.token_strings(ids.tolist())
