@@ -262,20 +262,25 @@ if not nb.is_llama3:  # the GGUF is SmolLM2's: compare with SmolLM2
 # %% [markdown]
 # That check runs through the package's own `gguf_to_hf_qk`, so it cannot catch a mistake in that
 # permutation. The independent reference is `transformers`' own GGUF loader
-# (`transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint`): it reads the same file with its own
-# tensor names and its own reverse permutation of q/k. Every tensor it produces must equal the loaded
-# model's parameter of the same Hugging Face name, bit for bit.
+# (`transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint`, its progress bar switched off): it reads
+# the same file with its own tensor names and its own reverse permutation of q/k. Every tensor it produces
+# must equal the loaded model's parameter of the same Hugging Face name, bit for bit.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint  # the independent reference
+from functools import partial
+from unittest import mock
+
+from tqdm.auto import tqdm
+from transformers import modeling_gguf_pytorch_utils as transformers_gguf  # the independent reference
 
 if not nb.is_llama3:  # the GGUF is SmolLM2's: compare with SmolLM2
     gguf_file = str(asset_path("smollm2-135m-instruct.gguf"))
-    hf_config = transformers.LlamaConfig(**load_gguf_checkpoint(gguf_file)["config"])
+    hf_config = transformers.LlamaConfig(**transformers_gguf.load_gguf_checkpoint(gguf_file)["config"])
     with torch.device("meta"):  # only its parameter names: no memory allocated
         names_only = transformers.LlamaForCausalLM(hf_config)
-    theirs = load_gguf_checkpoint(gguf_file, return_tensors=True, model_to_load=names_only)["tensors"]
+    with mock.patch.object(transformers_gguf, "tqdm", partial(tqdm, disable=True)):  # no progress bar
+        theirs = transformers_gguf.load_gguf_checkpoint(gguf_file, return_tensors=True, model_to_load=names_only)["tensors"]
     ours = {hf_name(name): param.detach().cpu().float() for name, param in model.named_parameters()}
     assert theirs.keys() == ours.keys()
     different = [name for name in ours if not torch.equal(torch.as_tensor(theirs[name]).float(), ours[name])]
