@@ -282,6 +282,8 @@ n_tokens = len(llama.encode(text_box.value))
 assert token_view.value.startswith(f"<div style='line-height:2'>{n_tokens} tokens")
 assert "<sub>128009</sub>" not in token_view.value  # typed special-token text stays plain text
 print(n_tokens, "tokens shown for", repr(text_box.value))
+text_box.value = "Hello, world!"  # put the box shown above back as it was
+assert token_view.value == render_tokens("Hello, world!")
 
 # %% [markdown]
 # ## 6. Common mistakes
