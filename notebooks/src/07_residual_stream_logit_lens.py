@@ -251,11 +251,14 @@ explorer = LogitLensExplorer(cache, labels)
 explorer
 
 # %%
-explorer.layer.value = first_top1 if first_top1 is not None else L - 1
-start, _ = explorer.window()
-offset = explorer.position.value - start
-assert explorer.top.strings[explorer.layer.value][offset][0] == tok.token_strings([answer])[0]
-torch.testing.assert_close(explorer.top.probs[:, offset, 0], top_probs[:, -1])
+shown_layer = explorer.layer.value
+probe = LogitLensExplorer(cache, labels)  # a second explorer: the one shown above keeps its layer
+probe.layer.value = first_top1 if first_top1 is not None else L - 1
+start, _ = probe.window()
+offset = probe.position.value - start
+assert probe.top.strings[probe.layer.value][offset][0] == tok.token_strings([answer])[0]
+torch.testing.assert_close(probe.top.probs[:, offset, 0], top_probs[:, -1])
+assert explorer.layer.value == shown_layer  # the explorer displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
