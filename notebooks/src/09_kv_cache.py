@@ -408,16 +408,19 @@ stepper = GenerationStepper(model, prompt, temperature=0.0, layer=LAYER)
 stepper
 
 # %% [markdown]
-# Its session's cache always holds every token but the last one (the last is fed at the next step):
+# Its session's cache always holds every token but the last one (the last is fed at the next step). The
+# check steps a second stepper, so the one shown above stays at the prompt:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-stepper.step(4)
-print("text:", repr(stepper.text), " tokens:", len(stepper.tokens), " cache length:", stepper.session.cache.length)
-assert stepper.session.cache.length == len(stepper.tokens) - 1
-stepper.back()
-print("after Back: tokens:", len(stepper.tokens), " cache length:", stepper.session.cache.length)
-assert stepper.tokens == sequence[: len(stepper.tokens)]
+probe = GenerationStepper(model, prompt, temperature=0.0, layer=LAYER)
+probe.step(4)
+print("text:", repr(probe.text), " tokens:", len(probe.tokens), " cache length:", probe.session.cache.length)
+assert probe.session.cache.length == len(probe.tokens) - 1
+probe.back()
+print("after Back: tokens:", len(probe.tokens), " cache length:", probe.session.cache.length)
+assert probe.tokens == sequence[: len(probe.tokens)]
+assert stepper.tokens == stepper.session.prompt_tokens  # the stepper displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
