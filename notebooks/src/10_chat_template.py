@@ -313,9 +313,11 @@ stepper
 
 # %%
 # NBVAL_CHECK_OUTPUT
-stepper.step(len(history))
-print("same answer as the session:", stepper.tokens == session.tokens, "; ended:", stepper.session.done)
-assert stepper.tokens == session.tokens
+probe = GenerationStepper(model, ask, temperature=0.0)  # a second stepper: the one shown above stays at the prompt
+probe.step(len(history))
+print("same answer as the session:", probe.tokens == session.tokens, "; ended:", probe.session.done)
+assert probe.tokens == session.tokens
+assert stepper.tokens == stepper.session.prompt_tokens  # the stepper displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
