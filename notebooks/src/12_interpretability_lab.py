@@ -378,12 +378,15 @@ explorer
 
 # %%
 # NBVAL_CHECK_OUTPUT
-explorer.query.value = T + 5  # the second copy of r_5
-row = explorer.query_row()
+shown_query = explorer.query.value
+probe = AttentionExplorer(repeated_cache, repeated_labels, layer=best[0], head=best[1])  # the shown one stays put
+probe.query.value = T + 5  # the second copy of r_5
+row = probe.query_row()
 strongest = int(row[1:].argmax()) + 1  # the BOS sink aside
 print(f"query {T + 5}: most attention (BOS aside) on key {strongest}, the token after r_5's first copy: {strongest == 6}")
 print(f"attention on key 6: {row[6]:.2f}, on BOS: {row[0]:.2f}")
 assert strongest == 6
+assert explorer.query.value == shown_query  # the explorer displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
