@@ -7,6 +7,9 @@ Cell markers (each on its own line):
     # %% [markdown]                   a markdown cell; its lines are written with a leading "# "
     # %% solution                     a code cell whose source JupyterLab shows collapsed (exercise solution)
     # %% tags=["raises-exception"]    a code cell with these cell tags (combinable with `solution`)
+Lines inside a cell are kept as written. Open a solution cell with a readable comment (JupyterLab shows
+only the first line of a collapsed cell) and put `# NBVAL_CHECK_OUTPUT` on the next line: nbval honours a
+marker on any comment line of the cell.
 The notebook is written without outputs: run scripts/refresh_notebooks.sh on it next.
 """
 

@@ -75,6 +75,72 @@ def _is_hidden_solution(cell: dict) -> bool:
     )
 
 
+def _comment_markers(cell: dict) -> list[str]:
+    """The nbval markers of a cell, read as nbval 0.11 reads them: any line that is a comment whose text
+    (after the `#`s) is exactly the marker, wherever it stands in the cell."""
+    lines = (line.strip() for line in _source(cell).splitlines())
+    return [line.lstrip("#").strip() for line in lines if line.startswith("#")]
+
+
+def _is_checked(cell: dict) -> bool:
+    return cell["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in _comment_markers(cell)
+
+
+_NUMBER = (
+    r"(?:\d[\d,]*(?:\.\d+)?(?:e-?\d+)?"
+    r"|(?:an?\s+)?(?:two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty"
+    r"|hundred|thousand|million|billion)s?)"
+)
+_MAGNITUDE = r"(?:\d+\.\d+|\d+(?:\.\d+)?e-?\d+|\d[\d,]*(?:\.\d+)?\s*(?:%|×|times\b|percent\b))"
+COMPARATIVE_CLAIM = re.compile(
+    rf"(?<![\w.]){_NUMBER}\s*×(?!\s*\d)"  # "8×", "100 ×" (not a shape such as 8×8)
+    rf"|(?<![\w.])(?:{_NUMBER}|several|a\s+few)(?:\s+of)?\s+times\b"  # "4 times", "a hundred times", "several times"
+    rf"|\b(?:more|less|fewer|larger|smaller|greater|bigger|higher|lower|longer|shorter)\s+than\s+{_NUMBER}(?!\w)"
+    rf"|\b(?:under|below|above|over|at\s+least|at\s+most)\s+{_MAGNITUDE}",  # "under 1e-4", "over 90%"
+    re.IGNORECASE,
+)
+"""A number-bearing comparison in prose: "N×", "N times" (digits or number words, or "several"), "more /
+larger / ... than N", and "under / below / above / over / at least / at most" a decimal, a power of ten,
+a percentage or a multiple (not "over 8 KV heads"). Such a sentence must be backed by an `assert` in the
+code cell just before it (docs/NOTEBOOKS.md, "Narration")."""
+
+TIMING = re.compile(
+    r"\b(?:took|takes|uncached|cached|elapsed|seconds?|times?|timing|wall|duration|latency|in)\b"
+    r"[^\n\d]{0,30}\d+(?:\.\d+)?\s?(?:s|ms|µs|us|sec|secs|seconds|milliseconds)\b"
+    r"|\b\d+(?:\.\d+)?\s?(?:ms|µs|seconds|milliseconds)\b",
+    re.IGNORECASE,
+)
+"""A wall-clock time in stored output: a number with s / ms / µs / seconds within a few words after
+"took", "uncached", "cached", "elapsed", "time", "in", ..., or any number of ms or µs. Stored timings are
+the refreshing host's noise; print a ratio measured in the same cell instead."""
+
+
+def _claims_without_assert(nb: dict) -> list[tuple[int, str]]:
+    """(cell index, claim) for every comparative claim in a markdown cell whose nearest code cell before it
+    has no `assert` statement."""
+    found, previous_code = [], None
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            previous_code = _source(cell)
+            continue
+        if cell["cell_type"] != "markdown":
+            continue
+        backed = previous_code is not None and re.search(r"^\s*assert\b", previous_code, re.MULTILINE)
+        if not backed:
+            found += [(index, match.group(0)) for match in COMPARATIVE_CLAIM.finditer(_source(cell))]
+    return found
+
+
+def _output_text(cell: dict) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        text = output.get("text", "")
+        plain = output.get("data", {}).get("text/plain", "")
+        parts += ["".join(text) if isinstance(text, list) else text,
+                  "".join(plain) if isinstance(plain, list) else plain]
+    return "\n".join(parts)
+
+
 params = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 
 
@@ -133,7 +199,7 @@ def test_opens_with_what_you_will_learn_and_the_model(path: Path):
 @params
 def test_checks_outputs_and_rederives_against_the_package(path: Path):
     cells = _code_cells(_load(path))
-    checked = [c for c in cells if _source(c).lstrip().startswith("# NBVAL_CHECK_OUTPUT")]
+    checked = [c for c in cells if _is_checked(c)]
     assert checked, f"{path.name} has no cell marked # NBVAL_CHECK_OUTPUT"
     for cell in checked:
         assert cell.get("outputs"), (
@@ -166,6 +232,57 @@ def test_has_an_exercise_with_a_hidden_solution(path: Path):
         f"{path.name}: no exercise (stub raising NotImplementedError + check_exercise) followed by a "
         "solution cell with metadata jupyter.source_hidden = true (docs/NOTEBOOKS.md)"
     )
+
+
+@params
+def test_comparative_claims_are_backed_by_an_assert(path: Path):
+    unbacked = _claims_without_assert(_load(path))
+    assert not unbacked, (
+        f"{path.name}: markdown cells make number-bearing comparisons that no `assert` in the code cell "
+        f"before them checks (cell index, claim): {unbacked}; assert the claim, or print it from the "
+        "measured value (docs/NOTEBOOKS.md, Narration)"
+    )
+
+
+@params
+def test_stores_no_wall_clock_times(path: Path):
+    timings = [
+        (index, match.group(0))
+        for index, cell in enumerate(_load(path)["cells"])
+        for match in TIMING.finditer(_output_text(cell))
+    ]
+    assert not timings, (
+        f"{path.name}: stored outputs contain wall-clock times (cell index, text): {timings}; print a ratio "
+        "measured in the same cell instead (a stored time is the refreshing host's noise)"
+    )
+
+
+@params
+def test_collapsed_solutions_open_with_a_readable_line(path: Path):
+    unreadable = [
+        index
+        for index, cell in enumerate(_load(path)["cells"])
+        if _is_hidden_solution(cell) and _source(cell).lstrip().startswith("# NBVAL_")
+    ]
+    assert not unreadable, (
+        f"{path.name}: collapsed solution cells {unreadable} show only their first line, an NBVAL marker; "
+        "open them with a comment saying what they solve, the marker on the next line"
+    )
+
+
+def test_the_claim_and_timing_patterns():
+    claims = [m.group(0) for m in COMPARATIVE_CLAIM.finditer(
+        "more than a\nhundred times larger; several times the others; 4× as much; under 100×; "
+        "below 1e-4; 8.7 times; larger than 1e-5; four times as much"
+    )]
+    assert len(claims) == 8, claims
+    for prose in ("an 8×8 grid", "32 query heads split over 8 KV heads", "at most 3 digits", "over 10 positions",
+                  "below 1 sharper", "layer 12 on", "2 × 218M weights"):
+        assert not COMPARATIVE_CLAIM.search(prose), prose
+    for stored in ("16 tokens: uncached 93.20 s, cached 14.26 s", "took 3.1 s", "forward in 12 ms", "0.8 seconds"):
+        assert TIMING.search(stored), stored
+    for fine in ("cached decode 1.8× faster", "28 tok/s", "131,072 B per token", "layers 0-2", "in 3 steps"):
+        assert not TIMING.search(fine), fine
 
 
 # -- the helpers the notebooks rely on (llama3_lab.notebook) ------------------------------------------------

@@ -130,7 +130,18 @@ assert total == cfg.num_parameters() == 8_030_261_248
 assert cfg.parameter_breakdown()["per_layer"] == per_layer
 
 # %% [markdown]
-# The MLP is two thirds of the model; attention with GQA less than a fifth; the vocabulary costs 13%:
+# Where do the parameters go? The shares of the whole model, from the counts above:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+shares = {"MLP": L * mlp / total, "attention": L * attention / total, "embedding + unembedding": 2 * V * D / total}
+for part, share in shares.items():
+    print(f"{part:24} {share:6.1%}")
+assert 2 / 3 < shares["MLP"] < 0.75 and shares["attention"] < 1 / 5 and 0.12 < shares["embedding + unembedding"] < 0.14
+
+# %% [markdown]
+# The MLP holds 70% of the model (a little more than two thirds); attention with GQA less than a fifth; the
+# vocabulary 13%. The figure shows the same split:
 
 # %%
 viz.config_breakdown(cfg, title="Llama 3 8B")
@@ -171,7 +182,7 @@ torch.testing.assert_close(torch.tensor(total - wrong_tied), torch.tensor(V * D)
 #
 # When generating, each layer keeps the keys and values of every past token so it does not recompute them
 # (notebook 09). Per token and layer that is one K vector and one V vector for each of the **K = 8** KV heads,
-# d = 128 numbers each, 2 bytes each in bf16. Without GQA there would be one per *query* head: 4× as much.
+# d = 128 numbers each, 2 bytes each in bf16. Without GQA there would be one per *query* head.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -181,7 +192,8 @@ kv_per_token_without_gqa = 2 * L * H * d * bytes_per_value
 print(f"KV cache per token:           {kv_per_token:,} B")
 print(f"at 8192 tokens:               {kv_per_token * 8192 / 2**30:.2f} GiB")
 print(f"without GQA (K = H = 32):     {kv_per_token_without_gqa:,} B per token, "
-      f"{kv_per_token_without_gqa * 8192 / 2**30:.2f} GiB at 8192")
+      f"{kv_per_token_without_gqa * 8192 / 2**30:.2f} GiB at 8192, {kv_per_token_without_gqa // kv_per_token}× as much")
+assert kv_per_token_without_gqa == (H // K) * kv_per_token
 assert kv_per_token == cfg.kv_cache_bytes_per_token("bf16") == 131_072
 assert cfg.kv_cache_bytes(8192, batch=1, dtype="bf16") == 2**30
 
@@ -234,18 +246,21 @@ explorer
 
 # %% [markdown]
 # The widget's state is plain Python, so it can be checked like any object: moving the sliders changes the
-# numbers exactly as the formulas above say.
+# numbers exactly as the formulas above say. The check drives a second explorer, so the one shown above
+# keeps the state you see (8192 tokens, batch 1, bf16).
 
 # %%
 # NBVAL_CHECK_OUTPUT
 assert explorer.numbers["parameters"] == total
 assert explorer.numbers["kv_cache_bytes"] == 8192 * kv_per_token
-explorer.batch.value = 4
-explorer.seq_len.value = 1024
-assert explorer.numbers["kv_cache_bytes"] == 4 * 1024 * kv_per_token
-explorer.dtype.value = "fp32"
-assert explorer.numbers["weights_bytes"] == 4 * total
-print("KV cache at T=1024, batch 4, fp32:", f"{explorer.numbers['kv_cache_bytes']:,} B")
+probe = ConfigExplorer(model="Llama 3 8B", seq_len=8192, batch=1, dtype="bf16")
+probe.batch.value = 4
+probe.seq_len.value = 1024
+assert probe.numbers["kv_cache_bytes"] == 4 * 1024 * kv_per_token
+probe.dtype.value = "fp32"
+assert probe.numbers["weights_bytes"] == 4 * total
+assert explorer.numbers["kv_cache_bytes"] == 8192 * kv_per_token  # the displayed explorer is unchanged
+print("KV cache at T=1024, batch 4, fp32:", f"{probe.numbers['kv_cache_bytes']:,} B")
 
 # %% [markdown]
 # ## Exercises
@@ -267,6 +282,7 @@ check_exercise(kv_cache_bytes, reference_kv, cfg, 8192, 1)
 check_exercise(kv_cache_bytes, reference_kv, smol, 300, 3)
 
 # %% solution
+# Solution to exercise 1: kv_cache_bytes
 # NBVAL_CHECK_OUTPUT
 def kv_cache_bytes_solution(cfg: LlamaConfig, seq_len: int, batch: int) -> int:
     head_dim = cfg.hidden_size // cfg.num_attention_heads if cfg.head_dim is None else cfg.head_dim
@@ -294,6 +310,7 @@ def count_parameters(cfg: LlamaConfig) -> int:
 check_exercise(count_parameters, LlamaConfig.num_parameters, llama32_1b)
 
 # %% solution
+# Solution to exercise 2: count_parameters
 # NBVAL_CHECK_OUTPUT
 def count_parameters_solution(cfg: LlamaConfig) -> int:
     D, M, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
@@ -309,7 +326,7 @@ print(f"Llama 3.2 1B: {count_parameters_solution(llama32_1b):,} parameters")
 # %% [markdown]
 # ## What to remember
 # - `head_dim` = D/H; GQA makes `k_proj`/`v_proj` G times narrower than `q_proj` and the KV cache G times smaller.
-# - 14336 = round-up-to-1024(⌊1.3 · ⌊2/3 · 4 · 4096⌋⌋); the MLP holds two thirds of the 8B parameters.
+# - 14336 = round-up-to-1024(⌊1.3 · ⌊2/3 · 4 · 4096⌋⌋); the MLP holds 70% of the 8B parameters.
 # - 8,030,261,248 parameters = 16.06 GB in bf16; the untied `lm_head` is 525 M of them.
 # - KV cache: 2 · L · K · d · bytes = 131,072 B per token in bf16, 1 GiB at 8192 tokens.
 # - `rms_norm_eps` is 1e-5: a norm built with a library default of 1e-6 runs without error and is subtly wrong

@@ -139,7 +139,10 @@ print(len(sample.encode()), "bytes ->", len(ours), "tokens:", [toy.decode([i]) f
 # %% [markdown]
 # ## 3. The real Llama 3 tokenizer
 #
-# Meta trained the same algorithm on a huge multilingual corpus: 128,000 ranks. `tokenizer.model` is just the
+# The same algorithm at scale: 128,000 ranks. Meta did not train them all from nothing: the Llama 3 paper
+# says the vocabulary combines the 100K tokens of OpenAI's `tiktoken` with 28K additional tokens for
+# languages other than English. The inheritance shows in the first ranks below: `!`, `"`, `#`, ... are the
+# printable bytes in byte order, the start of the GPT-2 / tiktoken rank tables. `tokenizer.model` is just the
 # rank table, one `base64(token) rank` per line. *Built with Meta Llama 3.*
 
 # %%
@@ -148,6 +151,7 @@ llama = load_tokenizer("llama3")
 ranks = read_tiktoken_ranks(llama.model_path)
 print(len(ranks), "ranks +", len(llama.special_tokens), "special tokens =", llama.n_vocab, "ids")
 print("rank 0..4:", [ranks_token.decode() for ranks_token in sorted(ranks, key=ranks.get)[:5]])
+assert sorted(ranks, key=ranks.get)[:5] == [bytes([byte]) for byte in range(ord("!"), ord("!") + 5)]
 longest = max((t for t in ranks if t.strip()), key=len)  # the longest is 128 spaces: skip whitespace
 print("longest non-space token:", len(longest), "bytes,", repr(longest.decode("utf-8", errors="replace")))
 
@@ -278,6 +282,8 @@ n_tokens = len(llama.encode(text_box.value))
 assert token_view.value.startswith(f"<div style='line-height:2'>{n_tokens} tokens")
 assert "<sub>128009</sub>" not in token_view.value  # typed special-token text stays plain text
 print(n_tokens, "tokens shown for", repr(text_box.value))
+text_box.value = "Hello, world!"  # put the box shown above back as it was
+assert token_view.value == render_tokens("Hello, world!")
 
 # %% [markdown]
 # ## 6. Common mistakes
@@ -323,6 +329,7 @@ example = [b"a", b"a", b"a", b"t", b"h", b"e", b"a", b"a"]
 check_exercise(merge_pair, merge, example, (b"a", b"a"))
 
 # %% solution
+# Solution to exercise 1: merge_pair
 # NBVAL_CHECK_OUTPUT
 def merge_pair_solution(tokens: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
     out: list[bytes] = []
@@ -352,6 +359,7 @@ def bpe(piece: str) -> list[int]:
 check_exercise(bpe, llama.encode, " unbelievably")
 
 # %% solution
+# Solution to exercise 2: bpe
 # NBVAL_CHECK_OUTPUT
 def bpe_solution(piece: str) -> list[int]:
     parts = [bytes([b]) for b in piece.encode("utf-8")]

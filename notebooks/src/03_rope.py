@@ -39,9 +39,11 @@ setup_notebook()
 #
 # Split each d-dimensional query/key head into d/2 pairs. Pair i is rotated by angle `p · f_i` at position p,
 # with `f_i = θ^(−2i/d)`: pair 0 turns one radian per token, the last pair almost not at all. Its
-# **wavelength** 2π/f_i is the number of tokens for one full turn. A pair whose wavelength exceeds the
-# context never completes a turn, so it acts as a slow, nearly absolute position signal. Llama 3 raised θ from
-# 10⁴ to 5·10⁵ to stretch those wavelengths for longer contexts.
+# **wavelength** 2π/f_i is the number of tokens for one full turn. A pair whose wavelength far exceeds the
+# context never completes a turn: even at the largest distance in the context it is barely rotated, so it
+# carries almost no position information (scores depend only on the distance m − n, section 4, and such a pair
+# hardly tells distances apart). It behaves almost like an unrotated, position-free channel. Llama 3 raised θ
+# from 10⁴ to 5·10⁵ to stretch those wavelengths for longer contexts.
 
 # %%
 d = 128
@@ -114,8 +116,10 @@ torch.testing.assert_close(rot_q_hf, cache["blocks.0.attn.hook_rot_q"].float())
 # %% [markdown]
 # **Meta (complex numbers).** Meta reads dims (2i, 2i + 1) as one complex number `a + ib` and multiplies it by
 # `e^{i·p·f_i}`. The same rotation, on a different pairing. To use it on this model we must first move each
-# head's dims into Meta's order: even dims `0..d/2−1` of the HF head become positions 0, 2, 4, ... Doing that to
-# the **weights** of `q_proj` and `k_proj` is the permutation `hf_to_meta_qk` (inverse: `meta_to_hf_qk`).
+# head's dims into Meta's order: the first-half dims `0..d/2−1` of the HF head become Meta's even positions
+# 0, 2, 4, ..., the second-half dims `d/2..d−1` its odd positions 1, 3, 5, ... (so HF's pair (i, i + d/2)
+# lands on Meta's pair (2i, 2i + 1)). Doing that to the **weights** of `q_proj` and `k_proj` is the
+# permutation `hf_to_meta_qk` (inverse: `meta_to_hf_qk`).
 
 # %%
 W_q = model.blocks[0].attn.q_proj.weight  # [H·d, D], Hugging Face layout
@@ -125,6 +129,8 @@ q_meta = rearrange(x_in @ W_q_meta.T, "b p (h d) -> b p h d", h=cfg.num_attentio
 # the same permutation, written on the vectors: (two half) -> (half two) inside each head
 torch.testing.assert_close(q_meta, rearrange(q, "b p h (two half) -> b p h (half two)", two=2))
 torch.testing.assert_close(meta_to_hf_qk(W_q_meta, cfg.num_attention_heads), W_q)  # the inverse
+half = dh // 2
+assert torch.equal(q_meta[..., 0::2], q[..., :half]) and torch.equal(q_meta[..., 1::2], q[..., half:])
 
 pairs_complex = torch.view_as_complex(rearrange(q_meta, "b p h (half two) -> b p h half two", two=2).contiguous())
 rotation = torch.polar(torch.ones_like(angles), angles)[:, None, :]  # [P, 1, d/2] = e^{i p f}
@@ -134,11 +140,48 @@ torch.testing.assert_close(rot_q_meta, apply_rotary_complex(q_meta, positions, f
 # %% [markdown]
 # Both conventions rotate the same numbers: Meta's result, put back in HF order, is HF's result. So the
 # attention scores are identical, which is the whole point of the permutation.
+#
+# The independent reference for that claim is Meta's own code: `precompute_freqs_cis` and
+# `apply_rotary_emb` below are copied from Meta's `llama3/model.py` (type hints shortened), with nothing
+# from this package. Fed the permuted queries and keys, their output put back in HF order must equal what
+# the package's model computed (`hook_rot_q`, `hook_rot_k`).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-torch.testing.assert_close(rearrange(rot_q_meta, "b p h (half two) -> b p h (two half)", two=2), rot_q_hf)
+def precompute_freqs_cis(dim: int, end: int, theta: float = 10000.0):  # Meta, llama3/model.py
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: (dim // 2)].float() / dim))
+    t = torch.arange(end, device=freqs.device, dtype=torch.float32)
+    freqs = torch.outer(t, freqs)
+    freqs_cis = torch.polar(torch.ones_like(freqs), freqs)  # complex64
+    return freqs_cis
+
+
+def reshape_for_broadcast(freqs_cis: torch.Tensor, x: torch.Tensor):  # Meta, llama3/model.py
+    ndim = x.ndim
+    assert 0 <= 1 < ndim
+    assert freqs_cis.shape == (x.shape[1], x.shape[-1])
+    shape = [d if i == 1 or i == ndim - 1 else 1 for i, d in enumerate(x.shape)]
+    return freqs_cis.view(*shape)
+
+
+def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor):  # Meta, llama3/model.py
+    xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))
+    xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))
+    freqs_cis = reshape_for_broadcast(freqs_cis, xq_)
+    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)
+    xk_out = torch.view_as_real(xk_ * freqs_cis).flatten(3)
+    return xq_out.type_as(xq), xk_out.type_as(xk)
+
+
+freqs_cis = precompute_freqs_cis(dh, P, cfg.rope_theta)  # [P, d/2] complex
+if cfg.rope_scaling:  # Llama 3.1 weights: Meta's 3.1 code scales these frequencies (section 6)
+    freqs_cis = torch.polar(torch.ones_like(angles), angles)
 k_meta = rearrange(k, "b p h (two half) -> b p h (half two)", two=2)
+meta_q, meta_k = apply_rotary_emb(q_meta, k_meta, freqs_cis)
+to_hf = lambda x: rearrange(x, "b p h (half two) -> b p h (two half)", two=2)  # noqa: E731
+torch.testing.assert_close(to_hf(meta_q), cache["blocks.0.attn.hook_rot_q"].float())
+torch.testing.assert_close(to_hf(meta_k), cache["blocks.0.attn.hook_rot_k"].float())
+torch.testing.assert_close(to_hf(rot_q_meta), rot_q_hf)  # our two derivations agree too
 rot_k_meta = apply_rotary_complex(k_meta, positions, f)
 rot_k_hf = apply_rotary(k, *Rotary(cfg)(0, P))
 G = cfg.num_attention_heads // cfg.num_key_value_heads
@@ -244,11 +287,17 @@ from llama3_lab.widgets import RoPEExplorer
 explorer = RoPEExplorer(position=64, pair=0)
 explorer
 
+# %% [markdown]
+# Its readings are plain attributes, so code can check them. The check drives a second explorer: the one
+# shown above stays at pair 0, position 64.
+
 # %%
 # NBVAL_CHECK_OUTPUT
-explorer.pair.value = 10
-explorer.position.value = 100
-readings = explorer.readings
+probe = RoPEExplorer(position=64, pair=0)
+probe.pair.value = 10
+probe.position.value = 100
+readings = probe.readings
+assert explorer.readings["pair"] == 0 and explorer.readings["position"] == 64  # the one displayed is unchanged
 assert readings["pair"] == 10 and readings["position"] == 100
 assert math.isclose(readings["frequency"], inv_freq[5e5][10].item(), rel_tol=1e-6)
 assert math.isclose(readings["angle"], math.fmod(100 * readings["frequency"], 2 * math.pi), rel_tol=1e-9)
@@ -276,6 +325,7 @@ x_check, pos_check, f_check = torch.randn(2, 7, 3, 16), torch.arange(10, 17), ro
 check_exercise(rope_hf, package_rope_hf, x_check, pos_check, f_check)
 
 # %% solution
+# Solution to exercise 1: rope_hf
 # NBVAL_CHECK_OUTPUT
 def rope_hf_solution(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     angles = torch.outer(positions.float(), inv_freq)  # [P, d/2]
@@ -300,6 +350,7 @@ def rope_meta(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) 
 check_exercise(rope_meta, apply_rotary_complex, x_check, pos_check, f_check)
 
 # %% solution
+# Solution to exercise 2: rope_meta
 # NBVAL_CHECK_OUTPUT
 def rope_meta_solution(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     angles = torch.outer(positions.float(), inv_freq)  # [P, d/2]

@@ -183,22 +183,47 @@ torch.testing.assert_close(z, cache["z", LAYER])
 torch.testing.assert_close(attn_out, cache["attn_out", LAYER])
 
 # %% [markdown]
-# ### Common mistake: the softmax in bf16
+# ### Common mistake: where bf16 hurts the softmax
 #
-# In a bf16 model it is tempting to run the softmax in the model's dtype. bf16 keeps 8 bits of mantissa:
-# about 2-3 significant digits. The exponentials and their sum are rounded, so probabilities are off by up
-# to a few percent and rows no longer sum to 1. Every later layer reads those mixtures. Meta, Hugging Face
-# and this package upcast to float32 for the softmax.
+# bf16 keeps 8 bits of mantissa: about 2-3 significant digits. Run this layer's softmax on bf16 scores and
+# compare with float32; then find where the error comes from: a float32 softmax of the same bf16-rounded
+# scores, cast back to bf16; the rounding of the scores alone; the rounding of the output alone; and a
+# softmax written by hand in bf16 (exponentials and sum in bf16).
 
 # %%
+def errors(p: torch.Tensor) -> tuple[float, float]:
+    """(max |p - p32|, max |row sum - 1|) of a pattern against the float32 softmax."""
+    p = p.float()
+    return (p - p32).abs().max().item(), (p.sum(-1) - 1).abs().max().item()
+
+
 p32 = masked_scores.float().softmax(dim=-1)
-p16 = masked_scores.bfloat16().softmax(dim=-1).float()
-abs_error = (p16 - p32).abs().max().item()
-row_error = (p16.sum(-1) - 1).abs().max().item()
-print(f"bf16 softmax: max |Δp| = {abs_error:.4f}, rows sum to 1 ± {row_error:.4f}")
+bf16_scores = masked_scores.bfloat16()
+candidates = {
+    "softmax on bf16 scores": bf16_scores.softmax(dim=-1),
+    "float32 softmax of bf16 scores -> bf16": bf16_scores.float().softmax(dim=-1).bfloat16(),
+    "bf16 scores only (float32 out)": bf16_scores.float().softmax(dim=-1),
+    "bf16 output only (float32 scores)": p32.bfloat16(),
+    "hand-written in bf16": (lambda e: e / e.sum(-1, keepdim=True))((bf16_scores - bf16_scores.amax(-1, keepdim=True)).exp()),
+}
+measured = {name: errors(p) for name, p in candidates.items()}
+for name, (abs_error, row_error) in measured.items():
+    print(f"{name:40s} max |Δp| {abs_error:.4f}, rows sum to 1 ± {row_error:.4f}")
+abs_error, row_error = measured["softmax on bf16 scores"]
 assert abs_error > 1e-3 and row_error > 1e-4  # bf16 errors are visible at the third decimal
 assert (p32.sum(-1) - 1).abs().max() < 1e-5
+# PyTorch's softmax of a bf16 tensor computes in float32 inside: the same result, to one bf16 step at most
+assert (candidates["softmax on bf16 scores"].float() - candidates["float32 softmax of bf16 scores -> bf16"].float()).abs().max() <= 2**-8
+assert measured["bf16 scores only (float32 out)"][0] > measured["bf16 output only (float32 scores)"][0]
+assert measured["bf16 output only (float32 scores)"][1] > 1e-4 > measured["bf16 scores only (float32 out)"][1]
 
+# %% [markdown]
+# The first two rows agree: PyTorch already computes the exponentials and their sum in float32 when it is
+# given bf16, so the error is not in the softmax's arithmetic but in **rounding the scores going in** (the
+# largest part of max |Δp| here) and **the probabilities coming out** (what breaks the row sums). A softmax
+# written by hand in bf16 rounds its exponentials and sum as well (last row). Meta, Hugging Face and this
+# package call the softmax in float32 (`scores.float()`, `dtype=torch.float32`); in a bf16 model the scores
+# and the stored pattern are still bf16, so those two roundings remain: they are the price of bf16.
 # %% [markdown]
 # ## 6. Every head of a layer
 #
@@ -284,19 +309,24 @@ explorer = AttentionExplorer(cache, labels, layer=best_layer, head=best_head)
 explorer
 
 # %% [markdown]
-# The widget's state is plain attributes, so code can drive it (and CI checks it): the second ` cat`
-# (position 9) in the previous-token head reads mostly ` The` before it.
+# The widget's state is plain attributes, so code can drive it (and CI checks it). The check drives a
+# second explorer, so the one shown above keeps the previous-token head the code selected:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-explorer.query.value = 9
-row = explorer.query_row()
+probe = AttentionExplorer(cache, labels, layer=best_layer, head=best_head)
+probe.query.value = 9
+row = probe.query_row()
 torch.testing.assert_close(torch.from_numpy(row), cache["pattern", best_layer][0, best_head, 9, :10].float().cpu())
 strongest = int(row.argmax())
 print(f"query 9 {labels[9]!r} reads key {strongest} {labels[strongest]!r} with {row[strongest]:.2f}")
-explorer.layer.value = LAYER
-assert explorer.pattern().shape == (H, P, P)
+assert strongest == 8 and row[strongest] > 0.5  # the token just before it, with most of the mass
+probe.layer.value = LAYER
+assert probe.pattern().shape == (H, P, P)
+assert (explorer.layer.value, explorer.head.value) == (best_layer, best_head)  # the one displayed is unchanged
 
+# %% [markdown]
+# The second ` cat` (position 9) in the previous-token head reads mostly ` The`, the token before it.
 # %% [markdown]
 # ## Exercises
 #
@@ -314,6 +344,7 @@ package_scores = lambda rot_q, rot_k: cache["attn_scores", LAYER]
 check_exercise(causal_gqa_scores, package_scores, rot_q, rot_k)
 
 # %% solution
+# Solution to exercise 1: causal_gqa_scores
 # NBVAL_CHECK_OUTPUT
 def causal_gqa_scores_solution(rot_q: torch.Tensor, rot_k: torch.Tensor) -> torch.Tensor:
     n_kv, head_dim, n_pos = rot_k.shape[2], rot_q.shape[-1], rot_q.shape[1]
@@ -340,6 +371,7 @@ package_z = lambda pattern, v: cache["z", LAYER]
 check_exercise(head_output, package_z, cache["pattern", LAYER], cache["v", LAYER])
 
 # %% solution
+# Solution to exercise 2: head_output
 # NBVAL_CHECK_OUTPUT
 def head_output_solution(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     grouped = rearrange(pattern, "b (k g) p t -> b k g p t", k=v.shape[2])

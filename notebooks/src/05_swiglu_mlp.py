@@ -276,6 +276,7 @@ weights = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
 check_exercise(swiglu, package_mlp, x, *weights)
 
 # %% solution
+# Solution to exercise 1: swiglu
 # NBVAL_CHECK_OUTPUT
 def swiglu_solution(
     x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor
@@ -301,6 +302,7 @@ package_mlp_meta = lambda x, w1, w2, w3: mlp(x)
 check_exercise(feed_forward_meta, package_mlp_meta, x, *meta_weights.values())
 
 # %% solution
+# Solution to exercise 2: feed_forward_meta
 # NBVAL_CHECK_OUTPUT
 def feed_forward_meta_solution(
     x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor

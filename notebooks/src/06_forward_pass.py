@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 
 from llama3_lab import analysis, viz
+from llama3_lab.config import LLAMA31_ROPE_SCALING
 from llama3_lab.model import rope_inv_freq
+from llama3_lab.viz.rope import rope_config
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
 
 setup_notebook()
@@ -105,15 +107,30 @@ for name, ours in (("q", q), ("k", k), ("v", v)):
 # %% [markdown]
 # ### RoPE
 # Pair dimension `i` with `i + d/2` (the Hugging Face layout the weights are stored in) and rotate each pair
-# by the angle `position · θ^(−2i/d)`. Llama 3.1 adjusts the frequencies in bands (notebook 03); the
-# package's `rope_inv_freq` has that part.
+# by the angle `position · θ^(−2i/d)`. Llama 3.1 slows the slow pairs down in bands (notebook 03 derives
+# the rule); it is written out here too, and checked against the package on Llama 3.1's settings, so this
+# forward pass works for any Llama 3 checkpoint without calling the package's RoPE.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2).float() / d)
-if cfg.rope_scaling:  # Llama 3.1 / 3.2: scaled bands
-    inv_freq = rope_inv_freq(cfg)
+def inv_freq_by_hand(theta: float, head_dim: int, scaling: dict | None) -> torch.Tensor:
+    """[d/2] rotation frequencies θ^(−2i/d), with Llama 3.1's bands when ``scaling`` is given."""
+    freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    if not scaling:
+        return freq
+    factor, low, high, orig = (scaling[key] for key in ("factor", "low_freq_factor", "high_freq_factor",
+                                                          "original_max_position_embeddings"))
+    wavelength = 2 * math.pi / freq
+    smooth = (orig / wavelength - low) / (high - low)  # 0 at λ = orig/low, 1 at λ = orig/high
+    return torch.where(wavelength < orig / high, freq,  # short wavelengths: unchanged
+                       torch.where(wavelength > orig / low, freq / factor,  # long: slowed by factor
+                                   (1 - smooth) * freq / factor + smooth * freq))  # in between: interpolated
+
+
+inv_freq = inv_freq_by_hand(cfg.rope_theta, d, cfg.rope_scaling)
 torch.testing.assert_close(inv_freq.to(model.rope.inv_freq.device), model.rope.inv_freq)
+torch.testing.assert_close(inv_freq_by_hand(5e5, 128, LLAMA31_ROPE_SCALING),  # the scaled branch, checked
+                           rope_inv_freq(rope_config(5e5, 128, rope_scaling=dict(LLAMA31_ROPE_SCALING))))
 angles = torch.outer(torch.arange(P).float(), inv_freq)  # [P, d/2]
 cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(model.device)  # [P, d]: dims i and i + d/2 share
 sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(model.device)
@@ -234,8 +251,8 @@ assert next_token == int(logits[0, -1].argmax())
 viz.topk_bars(top.strings, top.probs, highlight=0, title=f"next token after {prompt!r}")
 
 # %% [markdown]
-# How the residual stream grows through the layers, per position (the first token's vector is much larger
-# than the others in every layer: notebook 07 looks at that):
+# How the residual stream grows through the layers, per position (the first position stands out; notebook
+# 07 measures by how much):
 
 # %%
 norms = torch.stack(residuals)[:, 0].float().norm(dim=-1)  # [L+1, P]
@@ -245,8 +262,9 @@ viz.residual_norms(norms, labels, layer_labels=["embed"] + [str(l) for l in rang
 # ## 4. Common mistakes, measured
 #
 # ### `rms_norm_eps = 1e-6` instead of the checkpoint's value
-# Llama 2 used `1e-6`; Llama 3 and SmolLM2 use `1e-5`. Copying the wrong constant raises no error. How
-# much does it change? The eps only matters where the mean square is small compared with it.
+# The original LLaMA used `1e-6`; Llama 2, Llama 3 and SmolLM2 use `1e-5`, and many libraries default to
+# `1e-6`. Copying the wrong constant raises no error. How much does it change? The eps only matters where
+# the mean square is small compared with it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -262,7 +280,10 @@ print("max |Δlogit| above the 1e-4 parity tolerance:", bool(delta > 1e-4))
 worst_position = int((wrong_logits - our_logits).abs().amax(-1).argmax())
 print(f"max |Δlogit| = {delta:.3f} (at position {worst_position}, {labels[worst_position]!r}); KL at the last position = {kl:.1e} nats")
 scales = torch.cat([cache[f"blocks.{l}.{norm}.hook_scale"].flatten() for l in range(cfg.num_hidden_layers) for norm in ("ln1", "ln2")])
-print(f"smallest mean square entering a norm: {(scales.min() ** 2 - cfg.rms_norm_eps):.1e} (eps is {cfg.rms_norm_eps})")
+smallest_mean_square = scales.min() ** 2 - cfg.rms_norm_eps
+print(f"smallest mean square entering a norm: {smallest_mean_square:.1e} (eps is {cfg.rms_norm_eps}), "
+      f"{smallest_mean_square / cfg.rms_norm_eps:.0f}× eps")
+assert smallest_mean_square > 100 * cfg.rms_norm_eps and 1e-4 < delta < 0.1
 
 # %% [markdown]
 # Small: every mean square entering a norm is hundreds of times larger than 1e-5 (above), so the wrong eps
@@ -312,6 +333,7 @@ package_final = lambda resid: model.unembed(model.ln_final(resid))
 check_exercise(final_logits, package_final, cache["resid_post", cfg.num_hidden_layers - 1])
 
 # %% solution
+# Solution to exercise 1: final_logits
 # NBVAL_CHECK_OUTPUT
 def final_logits_solution(resid: torch.Tensor) -> torch.Tensor:
     return rms_norm(resid, model.ln_final.weight, cfg.rms_norm_eps) @ model.unembed.weight.T
@@ -335,6 +357,7 @@ package_block_7 = lambda x: model.blocks[7](x, package_cos, package_sin)
 check_exercise(block_7, package_block_7, cache["resid_pre", 7], atol=TOL["atol"], rtol=TOL["rtol"])
 
 # %% solution
+# Solution to exercise 2: block_7
 # NBVAL_CHECK_OUTPUT
 def block_7_solution(x: torch.Tensor) -> torch.Tensor:
     b = model.blocks[7]

@@ -81,9 +81,25 @@ print(f"layer {middle} input: ‖x‖ at the first position {norms[middle, 0]:.0
 viz.residual_norms(norms, labels, layer_labels=[str(l) for l in range(L)] + ["out"], title="‖residual‖ entering each layer", figsize=(5.5, 5.8))
 
 # %% [markdown]
+# How much larger is the first position? Its norm divided by the mean of the others, at each layer's input
+# and at the output:
+
+# %%
+first_vs_rest = norms[:, 0] / norms[:, 1:].mean(-1)  # [L+1]
+print(" ".join(f"{name}:{ratio:.1f}×" for name, ratio in zip([*map(str, range(L)), "out"], first_vs_rest.tolist())))
+over_a_hundred = (first_vs_rest > 100).nonzero().flatten().tolist()
+print("more than 100× at the inputs of layers", over_a_hundred)
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert (first_vs_rest[2:10] > 3).all()  # several times the others, layers 2-9
+    assert (first_vs_rest[10:12] < 1.5).all()  # almost level at layers 10-11
+    assert over_a_hundred == list(range(12, 22))  # more than a hundred times, layers 12-21 only
+    assert first_vs_rest[-1] < 10  # under ten times at the output
+
+# %% [markdown]
 # Two things stand out. The norm grows with depth: each block adds vectors that are not cancelled. And the
-# first position (the BOS token) is an outlier: several times the others from layer 2, and more than a
-# hundred times larger from layer 12 on. Position 0 can only attend to itself, so its residual is the same
+# first position is an outlier whose size changes with depth (the ratios above): several times the others
+# at layers 2-9, almost level with them at layers 10-11, more than a hundred times larger at layers 12-21,
+# then shrinking to under ten times at the output. Position 0 can only attend to itself, so its residual is the same
 # vector for every prompt: a fixed, recognisable anchor. Layer 12 is also where the attention-sink mass of
 # notebook 04 jumps: idle heads park their attention on this anchor. RMSNorm divides every position by its
 # own norm before each block reads it, so the giant does not swamp the other positions' computation.
@@ -235,11 +251,14 @@ explorer = LogitLensExplorer(cache, labels)
 explorer
 
 # %%
-explorer.layer.value = first_top1 if first_top1 is not None else L - 1
-start, _ = explorer.window()
-offset = explorer.position.value - start
-assert explorer.top.strings[explorer.layer.value][offset][0] == tok.token_strings([answer])[0]
-torch.testing.assert_close(explorer.top.probs[:, offset, 0], top_probs[:, -1])
+shown_layer = explorer.layer.value
+probe = LogitLensExplorer(cache, labels)  # a second explorer: the one shown above keeps its layer
+probe.layer.value = first_top1 if first_top1 is not None else L - 1
+start, _ = probe.window()
+offset = probe.position.value - start
+assert probe.top.strings[probe.layer.value][offset][0] == tok.token_strings([answer])[0]
+torch.testing.assert_close(probe.top.probs[:, offset, 0], top_probs[:, -1])
+assert explorer.layer.value == shown_layer  # the explorer displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
@@ -257,6 +276,7 @@ package_lens = lambda resid: analysis.unembed(model, resid)
 check_exercise(lens_logits, package_lens, cache["resid_post", 12])
 
 # %% solution
+# Solution to exercise 1: lens_logits
 # NBVAL_CHECK_OUTPUT
 def lens_logits_solution(resid: torch.Tensor) -> torch.Tensor:
     x32 = resid.float()
@@ -282,6 +302,7 @@ package_dla = lambda component: dla[row, 0]
 check_exercise(direct_logit, package_dla, cache["mlp_out", 20][0, -1])
 
 # %% solution
+# Solution to exercise 2: direct_logit
 # NBVAL_CHECK_OUTPUT
 def direct_logit_solution(component: torch.Tensor) -> torch.Tensor:
     direction = model.ln_final.weight * model.unembed.weight[answer]

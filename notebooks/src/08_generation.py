@@ -251,21 +251,26 @@ stepper.step(3)
 stepper
 
 # %% [markdown]
-# Its state is plain attributes, so code (and CI) can press its buttons:
+# Its state is plain attributes, so code (and CI) can press its buttons. The check presses those of a
+# second stepper, so the one shown above keeps its three steps:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-n = len(stepper.tokens)
-stepper.step_button.click()
-assert len(stepper.tokens) == n + 1
-assert stepper.tokens[: n + 1] == session.tokens[: n + 1]  # greedy: the same text as the session above
-stepper.back_button.click()
-assert len(stepper.tokens) == n
-stepper.reset_button.click()
-assert stepper.tokens == stepper.session.prompt_tokens and not stepper.history
-stepper.step(2)
-row = stepper.attention_row()
-print(f"after reset and 2 steps: {len(stepper.history)} records; attention row of layer 20 head 0 sums to {row.sum():.3f}")
+shown = list(stepper.tokens)
+probe = GenerationStepper(model, "Once upon a time", temperature=0.0, layer=20, head=0)
+probe.step(3)
+n = len(probe.tokens)
+probe.step_button.click()
+assert len(probe.tokens) == n + 1
+assert probe.tokens[: n + 1] == session.tokens[: n + 1]  # greedy: the same text as the session above
+probe.back_button.click()
+assert len(probe.tokens) == n
+probe.reset_button.click()
+assert probe.tokens == probe.session.prompt_tokens and not probe.history
+probe.step(2)
+row = probe.attention_row()
+print(f"after reset and 2 steps: {len(probe.history)} records; attention row of layer 20 head 0 sums to {row.sum():.3f}")
+assert stepper.tokens == shown and len(stepper.history) == 3  # the stepper displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
@@ -283,6 +288,7 @@ def nucleus(p: torch.Tensor, top_p: float) -> torch.Tensor:
 check_exercise(nucleus, top_p_mask, p1, 0.8)
 
 # %% solution
+# Solution to exercise 1: nucleus
 # NBVAL_CHECK_OUTPUT
 def nucleus_solution(p: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_p, order = p.sort(descending=True)
@@ -306,6 +312,7 @@ package_top_k = lambda logits, temperature, k: sampling_probs(logits, temperatur
 check_exercise(with_top_k, package_top_k, logits, 0.7, 20)
 
 # %% solution
+# Solution to exercise 2: with_top_k
 # NBVAL_CHECK_OUTPUT
 def with_top_k_solution(logits: torch.Tensor, temperature: float, k: int) -> torch.Tensor:
     p = (logits / temperature).softmax(-1)

@@ -38,6 +38,7 @@ from llama3_lab.assets import asset_path
 from llama3_lab.config import meta_ffn_hidden_dim
 from llama3_lab.loading import converted_model_dir, layouts
 from llama3_lab.loading.gguf import open_gguf
+from llama3_lab.loading.hf import hf_name
 from llama3_lab.model import apply_rotary, apply_rotary_complex, rope_inv_freq
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
 
@@ -259,12 +260,43 @@ if not nb.is_llama3:  # the GGUF is SmolLM2's: compare with SmolLM2
     print("GGUF rows un-permuted = the loaded q_proj and k_proj, exactly")
 
 # %% [markdown]
+# That check runs through the package's own `gguf_to_hf_qk`, so it cannot catch a mistake in that
+# permutation. The independent reference is `transformers`' own GGUF loader
+# (`transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint`, its progress bar switched off): it reads
+# the same file with its own tensor names and its own reverse permutation of q/k. Every tensor it produces
+# must equal the loaded model's parameter of the same Hugging Face name, bit for bit.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from functools import partial
+from unittest import mock
+
+from tqdm.auto import tqdm
+from transformers import modeling_gguf_pytorch_utils as transformers_gguf  # the independent reference
+
+if not nb.is_llama3:  # the GGUF is SmolLM2's: compare with SmolLM2
+    gguf_file = str(asset_path("smollm2-135m-instruct.gguf"))
+    hf_config = transformers.LlamaConfig(**transformers_gguf.load_gguf_checkpoint(gguf_file)["config"])
+    with torch.device("meta"):  # only its parameter names: no memory allocated
+        names_only = transformers.LlamaForCausalLM(hf_config)
+    with mock.patch.object(transformers_gguf, "tqdm", partial(tqdm, disable=True)):  # no progress bar
+        theirs = transformers_gguf.load_gguf_checkpoint(gguf_file, return_tensors=True, model_to_load=names_only)["tensors"]
+    ours = {hf_name(name): param.detach().cpu().float() for name, param in model.named_parameters()}
+    assert theirs.keys() == ours.keys()
+    different = [name for name in ours if not torch.equal(torch.as_tensor(theirs[name]).float(), ours[name])]
+    assert not different, different
+    print(f"transformers' GGUF loader: {len(theirs)} tensors, all equal to ours bit for bit "
+          "(q_proj and k_proj included)")
+
+# %% [markdown]
 # ## 4. Verifying against `transformers`
 #
 # The strongest check of a reimplementation is an independent one: Hugging Face's `LlamaForCausalLM`,
 # the reference most of the ecosystem trusts, loaded from the same weights, on the same tokens. First the
 # tiny model (the Hugging Face twin saved above), then the embedded SmolLM2 (its converted Hugging Face
-# directory in the cache).
+# directory in the cache). Both directories were written by this package, so these checks test the forward
+# pass, not the weight layout: the layout was checked independently above, by transformers' own GGUF
+# loader.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -392,6 +424,7 @@ def meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 check_exercise(meta_to_hf, layouts.meta_to_hf_qk, raw_q, 9)
 
 # %% solution
+# Solution to exercise 1: meta_to_hf
 # NBVAL_CHECK_OUTPUT
 def meta_to_hf_solution(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     head_dim = w.shape[0] // n_heads
@@ -419,6 +452,7 @@ def q_proj_from_shards(shard_list: list[dict]) -> torch.Tensor:
 check_exercise(q_proj_from_shards, loaded_q_proj, shards)
 
 # %% solution
+# Solution to exercise 2: q_proj_from_shards
 # NBVAL_CHECK_OUTPUT
 def q_proj_from_shards_solution(shard_list: list[dict]) -> torch.Tensor:
     wq = torch.cat([s["layers.0.attention.wq.weight"] for s in shard_list], dim=0)  # column-parallel: rows
