@@ -94,7 +94,8 @@ _NUMBER = (
 _MAGNITUDE = r"(?:\d+\.\d+|\d+(?:\.\d+)?e-?\d+|\d[\d,]*(?:\.\d+)?\s*(?:%|×|times\b|percent\b))"
 COMPARATIVE_CLAIM = re.compile(
     rf"(?<![\w.]){_NUMBER}\s*×(?!\s*\d)"  # "8×", "100 ×" (not a shape such as 8×8)
-    rf"|(?<![\w.])(?:{_NUMBER}|several|a\s+few)(?:\s+of)?\s+times\b"  # "4 times", "a hundred times", "several times"
+    # "4 times", "a hundred times", "several times"
+    rf"|(?<![\w.])(?:{_NUMBER}|several|a\s+few)(?:\s+of)?\s+times\b"
     rf"|\b(?:more|less|fewer|larger|smaller|greater|bigger|higher|lower|longer|shorter)\s+than\s+{_NUMBER}(?!\w)"
     rf"|\b(?:under|below|above|over|at\s+least|at\s+most)\s+{_MAGNITUDE}",  # "under 1e-4", "over 90%"
     re.IGNORECASE,
@@ -136,8 +137,10 @@ def _output_text(cell: dict) -> str:
     for output in cell.get("outputs", []):
         text = output.get("text", "")
         plain = output.get("data", {}).get("text/plain", "")
-        parts += ["".join(text) if isinstance(text, list) else text,
-                  "".join(plain) if isinstance(plain, list) else plain]
+        parts += [
+            "".join(text) if isinstance(text, list) else text,
+            "".join(plain) if isinstance(plain, list) else plain,
+        ]
     return "\n".join(parts)
 
 
@@ -271,15 +274,30 @@ def test_collapsed_solutions_open_with_a_readable_line(path: Path):
 
 
 def test_the_claim_and_timing_patterns():
-    claims = [m.group(0) for m in COMPARATIVE_CLAIM.finditer(
-        "more than a\nhundred times larger; several times the others; 4× as much; under 100×; "
-        "below 1e-4; 8.7 times; larger than 1e-5; four times as much"
-    )]
+    claims = [
+        m.group(0)
+        for m in COMPARATIVE_CLAIM.finditer(
+            "more than a\nhundred times larger; several times the others; 4× as much; under 100×; "
+            "below 1e-4; 8.7 times; larger than 1e-5; four times as much"
+        )
+    ]
     assert len(claims) == 8, claims
-    for prose in ("an 8×8 grid", "32 query heads split over 8 KV heads", "at most 3 digits", "over 10 positions",
-                  "below 1 sharper", "layer 12 on", "2 × 218M weights"):
+    for prose in (
+        "an 8×8 grid",
+        "32 query heads split over 8 KV heads",
+        "at most 3 digits",
+        "over 10 positions",
+        "below 1 sharper",
+        "layer 12 on",
+        "2 × 218M weights",
+    ):
         assert not COMPARATIVE_CLAIM.search(prose), prose
-    for stored in ("16 tokens: uncached 93.20 s, cached 14.26 s", "took 3.1 s", "forward in 12 ms", "0.8 seconds"):
+    for stored in (
+        "16 tokens: uncached 93.20 s, cached 14.26 s",
+        "took 3.1 s",
+        "forward in 12 ms",
+        "0.8 seconds",
+    ):
         assert TIMING.search(stored), stored
     for fine in ("cached decode 1.8× faster", "28 tok/s", "131,072 B per token", "layers 0-2", "in 3 steps"):
         assert not TIMING.search(fine), fine
