@@ -79,8 +79,7 @@ def estimate_cache(
     for name in names:
         point = model.hook_dict[name]
         numel = math.prod(_axis_size(letter, sizes, name, point.shape) for letter in point.shape.split())
-        element = torch.empty((), dtype=dtype or point.dtype or model_dtype).element_size()
-        per_name[name] = numel * element
+        per_name[name] = numel * (dtype or point.dtype or model_dtype).itemsize
     return CacheEstimate(per_name)
 
 
