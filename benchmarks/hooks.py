@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from llama3_lab import load_model
-from llama3_lab.hooks import format_bytes
+from llama3_lab.units import format_bytes
 
 FEW = ["blocks.5.hook_resid_post", "blocks.15.hook_resid_post", "blocks.29.hook_resid_post"]
 

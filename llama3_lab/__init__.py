@@ -15,8 +15,8 @@ _EXPORTS = {
     "LlamaModel": "llama3_lab.model",
     "KVCache": "llama3_lab.kv_cache",
     "load_model": "llama3_lab.loading",
-    "ActivationCache": "llama3_lab.hooks",
-    "HookPoint": "llama3_lab.hooks",
+    "ActivationCache": "llama3_lab.activation_cache",
+    "HookPoint": "llama3_lab.hook_points",
 }
 
 __all__ = [
@@ -32,9 +32,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .activation_cache import ActivationCache
     from .assets import fetch_assets
     from .config import LlamaConfig
-    from .hooks import ActivationCache, HookPoint
+    from .hook_points import HookPoint
     from .kv_cache import KVCache
     from .loading import load_model
     from .model import LlamaModel

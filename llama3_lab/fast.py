@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules import module as _torch_module
 
+from .activation_cache import ActivationCache
+from .hook_points import hooked_names
 from .kv_cache import KVCache
+from .memory import check_cache_budget, estimate_cache
 from .model import apply_rotary
 
 if TYPE_CHECKING:
-    from .hooks import ActivationCache
     from .model import Attention, LlamaModel
 
 COMPILE_MODE_CPU = "max-autotune-no-cudagraphs"
@@ -48,15 +49,6 @@ COMPILE_MODE_CPU = "max-autotune-no-cudagraphs"
 
 class FastPathError(RuntimeError):
     """The fast decoder cannot run in the requested way (hooks active, CUDA missing, cache full...)."""
-
-
-def _active_hooks(model: LlamaModel) -> list[str]:
-    """Names of hook points with something registered (global module hooks count for all)."""
-    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
-        return ["<global module hooks>"]
-    return [
-        name for name, point in model.hook_dict.items() if point._forward_hooks or point._forward_pre_hooks
-    ]
 
 
 class FastDecoder:
@@ -233,7 +225,7 @@ class FastDecoder:
 
     def check_no_hooks(self) -> None:
         """Raise if hooks are registered on the model: the fast step never visits hook points."""
-        active = _active_hooks(self.model)
+        active = hooked_names(self.model.hook_dict)
         if active:
             shown = ", ".join(active[:5]) + (" ..." if len(active) > 5 else "")
             raise FastPathError(
@@ -365,29 +357,17 @@ def run_with_cache_offloaded(
     buffer with ``non_blocking=True`` on a side stream that waits only for the work already queued, so
     the copies overlap the rest of the forward; one synchronisation at the end makes the cache safe to
     read. On CPU there is nothing to move: this is ``run_with_cache(tokens, names_filter, dtype=dtype)``.
-    The memory budget (default: the host's free memory less a margin) is checked before running.
+    The memory budget is checked before running, as in ``run_with_cache`` (the cache is on the host, so
+    the default is ``model.cache_budget_bytes`` or the host's free memory less a margin).
     """
     if model.device.type != "cuda":
         return model.run_with_cache(tokens, names_filter=names_filter, dtype=dtype, budget_bytes=budget_bytes)
 
-    from .hooks import ActivationCache, MemoryBudgetError, free_memory_bytes
-
     ids = model.to_tokens(tokens)
     names = model.resolve_names(names_filter)
-    estimate = model.estimate_cache_bytes(ids, names_filter=names, dtype=dtype)
-    budget = (
-        budget_bytes
-        if budget_bytes is not None
-        else int(model.cache_budget_fraction * free_memory_bytes("cpu"))
-    )
-    if estimate > budget:
-        raise MemoryBudgetError(
-            f"caching {len(names)} hook points to CPU needs about {estimate / 2**30:.2f} GiB of pinned "
-            f"memory but the budget is {budget / 2**30:.2f} GiB: pass a names_filter, a shorter prompt, "
-            "or budget_bytes=...",
-            estimate,
-            budget,
-        )
+    batch, n_positions = ids.shape
+    estimate = estimate_cache(model, names, n_positions, batch, dtype)
+    check_cache_budget(model, estimate, "cpu", budget_bytes)  # pinned host memory
 
     main = torch.cuda.current_stream(model.device)
     copier = torch.cuda.Stream(model.device)

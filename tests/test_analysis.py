@@ -8,6 +8,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from llama3_lab.activation_cache import ActivationCache
 from llama3_lab.analysis import (
     ablate_heads,
     ablate_mlps,
@@ -32,7 +33,6 @@ from llama3_lab.analysis import (
     top_k_tokens,
 )
 from llama3_lab.generation import generate_tokens
-from llama3_lab.hooks import ActivationCache
 
 L = 3
 

@@ -315,7 +315,7 @@ def test_hooks_can_edit_and_pattern_hooks_force_the_eager_path(monkeypatch):
 
 
 def test_unused_hook_points_are_never_called(monkeypatch):
-    from llama3_lab.hooks import HookPoint
+    from llama3_lab.hook_points import HookPoint
 
     calls = []
     monkeypatch.setattr(HookPoint, "forward", lambda self, x: calls.append(self.name) or x)

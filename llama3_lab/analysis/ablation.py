@@ -13,7 +13,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ..hooks import HookedRootModule, HookFn, TokensLike, get_act_name
+from ..hook_points import HookFn, get_act_name
+from ..hooks import HookedRootModule
+from ..tokens import TokensLike
 
 Head = tuple[int, int]
 Means = dict[str, torch.Tensor]

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from einops import einsum, rearrange
 
-from ..hooks import ActivationCache, HookedRootModule
+from ..activation_cache import ActivationCache
+from ..hooks import HookedRootModule
 from .lens import decompose_resid
 
 Tokens = int | torch.Tensor

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..hooks import ActivationCache, HookedRootModule
+from ..activation_cache import ActivationCache
+from ..hooks import HookedRootModule
 
 
 def _patterns(cache: ActivationCache) -> Iterator[torch.Tensor]:

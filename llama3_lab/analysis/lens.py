@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..hooks import ActivationCache, HookedRootModule
+from ..activation_cache import ActivationCache
+from ..hooks import HookedRootModule
 
 Positions = int | slice | Sequence[int] | None
 

@@ -11,7 +11,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..hooks import HookedRootModule, TokensLike, get_act_name
+from ..hook_points import get_act_name
+from ..hooks import HookedRootModule
+from ..tokens import TokensLike
 
 Metric = Callable[[torch.Tensor], torch.Tensor | float]
 

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..hooks import HookedRootModule, TokensLike
+from ..hooks import HookedRootModule
+from ..tokens import TokensLike
 
 
 def steering_hook(vector: torch.Tensor, scale: float = 1.0, positions: Sequence[int] | None = None):

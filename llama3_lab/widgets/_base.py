@@ -147,11 +147,11 @@ def cached_run(
     """``(model, cache, ids, token_strings)`` from a model and a prompt, or from an existing cache.
 
     With a model, ``tokens`` (text, ids or a LongTensor) is run once through ``run_with_cache`` keeping only
-    ``names_filter``'s hooks. With an :class:`~llama3_lab.hooks.ActivationCache`, ``tokens`` may give the
-    display strings (default: the cache's own ids through the model's tokenizer). ``needs`` names what the
-    explorer reads, for the error message.
+    ``names_filter``'s hooks. With an :class:`~llama3_lab.activation_cache.ActivationCache`, ``tokens``
+    may give the display strings (default: the cache's own ids through the model's tokenizer). ``needs``
+    names what the explorer reads, for the error message.
     """
-    from ..hooks import ActivationCache
+    from ..activation_cache import ActivationCache
 
     if isinstance(model_or_cache, ActivationCache):
         cache, model = model_or_cache, model_or_cache.model

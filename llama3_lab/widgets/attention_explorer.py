@@ -29,11 +29,11 @@ class AttentionExplorer(Explorer):
     """Layer and head sliders, a query-token selector, a single-head / all-heads toggle, a window slider.
 
     ``AttentionExplorer(model, "some prompt")`` runs the prompt once; ``AttentionExplorer(cache)`` explores
-    an :class:`~llama3_lab.hooks.ActivationCache` (with ``hook_pattern`` or ``rot_q``/``rot_k`` cached),
-    ``tokens`` then optionally giving the display strings. Views: the pattern of the ``window`` queries
-    ending at the chosen query (one head, or every head of the layer on one colour scale), and the chosen
-    query's attention over the keys as a token strip. State: :attr:`ids`, :attr:`token_strings`,
-    :meth:`pattern` and :meth:`query_row`.
+    an :class:`~llama3_lab.activation_cache.ActivationCache` (with ``hook_pattern`` or
+    ``rot_q``/``rot_k`` cached), ``tokens`` then optionally giving the display strings. Views: the
+    pattern of the ``window`` queries ending at the chosen query (one head, or every head of the layer
+    on one colour scale), and the chosen query's attention over the keys as a token strip. State:
+    :attr:`ids`, :attr:`token_strings`, :meth:`pattern` and :meth:`query_row`.
     """
 
     def __init__(
