@@ -80,10 +80,10 @@ def require_tokenizer(model: LlamaModel, needed_for: str) -> Tokenizer:
 
 
 def prompt_to_tokens(model: LlamaModel, prompt: Prompt, *, prepend_bos: bool = True) -> list[int]:
-    """The prompt's token ids: text (BOS prepended once, via ``hooks.to_tokens``), ids used as given, or
+    """The prompt's token ids: text (BOS prepended once, via ``tokens.to_tokens``), ids used as given, or
     chat messages ``[{"role", "content"}, ...]`` wrapped by ``tokenizer.encode_chat`` with the
     assistant's generation prompt at the end."""
-    from .hooks import to_tokens
+    from .tokens import to_tokens
 
     empty = (isinstance(prompt, str) and not prompt) or (
         not isinstance(prompt, torch.Tensor) and isinstance(prompt, Sequence) and len(prompt) == 0

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .analysis.tables import TopK, top_k_of_probs
 from .generation import Prompt, check_length, prompt_to_tokens, require_tokenizer, resolve_stop
-from .hooks import get_act_name
+from .hook_points import get_act_name
 from .kv_cache import KVCache
 from .sampling import GenerationError, Sampling, make_generator, resolve_sampling
 from .tokenizer import token_strings
