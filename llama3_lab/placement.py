@@ -35,6 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import LlamaModel
 
 Device = int | str
+#: Fraction of each GPU that a plan from hardware sizes (``plan_from_hardware``, ``device_map="auto"``)
+#: gives to weights; the rest (4 GB of an 80 GB GPU) stays free for the KV cache (Llama 3 70B: 2.5 GiB at
+#: 8,192 tokens), activations and the CUDA context.
+GPU_WEIGHT_FRACTION = 0.95
 #: Modules that are never split over devices: a whole layer, with all its hook points, lives on one.
 NO_SPLIT = ["Block"]
 
@@ -260,9 +264,13 @@ def plan_from_hardware(
     dtype: torch.dtype = torch.bfloat16,
     allow_disk: bool = False,
 ) -> Plan:
-    """``plan_placement`` for hardware described as people write it: ``gpus="2x80GB"``, ``cpu="256GB"``."""
+    """``plan_placement`` for hardware described as people write it: ``gpus="2x80GB"``, ``cpu="256GB"``.
+
+    Each GPU gives ``GPU_WEIGHT_FRACTION`` (95%) of its memory to weights; the rest stays free for the KV
+    cache and activations. The CPU size is taken as given.
+    """
     sizes = parse_gpus(gpus) if isinstance(gpus, str) else list(gpus)
-    budget: dict[Device, int] = dict(enumerate(sizes))
+    budget: dict[Device, int] = {i: int(size * GPU_WEIGHT_FRACTION) for i, size in enumerate(sizes)}
     if cpu is not None:
         budget["cpu"] = parse_size(cpu)
     if not budget:
@@ -297,7 +305,10 @@ class PlacementRequest:
             if self.max_memory is None:
                 from accelerate.utils import get_max_memory
 
-                max_memory: Mapping[Device, int | str] = get_max_memory()
+                found = get_max_memory()  # free memory per device, as accelerate sees it
+                max_memory: Mapping[Device, int | str] = {
+                    d: int(b * GPU_WEIGHT_FRACTION) if isinstance(d, int) else b for d, b in found.items()
+                }
             else:
                 max_memory = self.max_memory
             plan = plan_placement(
