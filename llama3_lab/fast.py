@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .activation_cache import ActivationCache
-from .hook_points import hooked_names
+from .hook_points import hide_context_hooks_from_compiler, hooked_names
 from .kv_cache import KVCache
 from .memory import check_cache_budget, estimate_cache
 from .model import apply_rotary
@@ -166,6 +166,7 @@ class FastDecoder:
     def _build_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
         if self.compile is None:
             return self._advance_impl
+        hide_context_hooks_from_compiler()  # the graph holds no hook; check_no_hooks runs before each step
         if self.compile == "inductor":
             mode = COMPILE_MODE_CPU if self.device.type == "cpu" else "max-autotune-no-cudagraphs"
             compiled = torch.compile(self._advance_impl, mode=mode, fullgraph=True, dynamic=False)

@@ -1,6 +1,6 @@
 """The root module: hook names from the module tree, hook registration, and caching activations.
 
-Everything here builds on PyTorch forward hooks registered on the model's ``HookPoint`` modules
+Everything here builds on the model's ``HookPoint`` modules and their two kinds of hooks
 (``hook_points.py``):
 
 - ``model.run_with_hooks(tokens, fwd_hooks=[(name, fn)])`` and ``with model.hooks(fwd_hooks=...):``
@@ -10,8 +10,11 @@ Everything here builds on PyTorch forward hooks registered on the model's ``Hook
 - ``model.estimate_cache_bytes(...)`` predicts the cache's size from each hook point's shape letters
   before anything is allocated.
 
-Hooks are always removed when the run or the ``with`` block ends, also when a hook raises or the
-user interrupts: nothing leaks into the next run.
+Hooks added by ``hooks()``, ``run_with_hooks`` and ``run_with_cache`` are *context hooks*: only the
+thread that added them sees them (two threads may run different hooks on one model at once, and a
+thread with none runs the plain model), and they are removed when the run or the ``with`` block ends,
+also when a hook raises or the user interrupts: nothing leaks into the next run. ``add_hook`` is the
+exception: a permanent module hook that every thread sees until ``reset_hooks()``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ import torch
 from torch import nn
 
 from .activation_cache import ActivationCache, PosSlice, _normalize_pos_slice, _slice_positions
-from .hook_points import HookFn, HookPoint, get_act_name, unknown_hook_error
+from .hook_points import (
+    HookFn,
+    HookPoint,
+    checked_replacement,
+    clear_context_hooks,
+    context_hooks,
+    get_act_name,
+    hooked_names,
+    nothing_selected_error,
+    unknown_hook_error,
+)
 from .memory import check_cache_budget, estimate_cache
 from .tokens import TokensLike, to_str_tokens, to_tokens
 
@@ -66,17 +79,21 @@ class HookedRootModule(nn.Module):
         """The hook names a filter selects: None (all), a name, a list of names, or ``name -> bool``.
 
         A name may be full (``"blocks.0.hook_resid_post"``) or a short ``(name, layer[, sub])`` tuple.
-        Unknown names raise ``HookNameError`` with the closest valid names.
+        Unknown names raise ``HookNameError`` with the closest valid names, and so does a filter that
+        selects nothing (an empty list, a function false for every name): it would silently do nothing.
         """
         if names_filter is None:
             return self.hook_names()
         if callable(names_filter):
-            return [name for name in self.hook_dict if names_filter(name)]
-        if isinstance(names_filter, (str, tuple)):
-            names_filter = [names_filter]
-        wanted = [self._check_name(name) for name in names_filter]
-        wanted_set = set(wanted)
-        return [name for name in self.hook_dict if name in wanted_set]  # forward order
+            selected = [name for name in self.hook_dict if names_filter(name)]
+        else:
+            if isinstance(names_filter, (str, tuple)):
+                names_filter = [names_filter]
+            wanted = {self._check_name(name) for name in names_filter}
+            selected = [name for name in self.hook_dict if name in wanted]  # forward order
+        if not selected:
+            raise nothing_selected_error(names_filter, self.hook_names())
+        return selected
 
     def _check_name(self, name: str | tuple) -> str:
         full = get_act_name(*name) if isinstance(name, tuple) else name
@@ -98,7 +115,12 @@ class HookedRootModule(nn.Module):
         self, name: str | Callable[[str], bool], fn: HookFn
     ) -> list[torch.utils.hooks.RemovableHandle]:
         """Register ``fn(tensor, hook) -> tensor | None`` on every hook point ``name`` selects, until
-        the handles are removed (or ``reset_hooks()``). Prefer ``with model.hooks(...)``: it cleans up."""
+        the handles are removed (or ``reset_hooks()``). Prefer ``with model.hooks(...)``: it cleans up.
+
+        A permanent hook is state of the model: **every thread** sees it (a PyTorch forward hook on the
+        hook point), and it runs before the context hooks of ``hooks()``/``run_with_cache``, so a cache
+        sees what it made of a tensor. Its replacements are checked like any other hook's.
+        """
         handles = []
         for hook_name in self.resolve_names(name):
             point = self.hook_dict[hook_name]
@@ -106,9 +128,16 @@ class HookedRootModule(nn.Module):
         return handles
 
     def reset_hooks(self) -> None:
-        """Remove every forward hook from every hook point (including ones added with ``add_hook``)."""
+        """Remove every module hook from every hook point (``add_hook``'s, PyTorch's own
+        ``register_forward_hook``'s) and this thread's context hooks (other threads keep theirs)."""
         for point in self.hook_dict.values():
             point._forward_hooks.clear()
+            point._forward_pre_hooks.clear()
+        clear_context_hooks(self.hook_dict.values())
+
+    def hooked_names(self) -> list[str]:
+        """Names of the hook points that something this thread runs would see (``[]``: the plain model)."""
+        return hooked_names(self.hook_dict)
 
     @contextmanager
     def hooks(
@@ -116,20 +145,14 @@ class HookedRootModule(nn.Module):
     ) -> Iterator[HookedRootModule]:
         """``with model.hooks(fwd_hooks=[(name_or_filter, fn)]):`` runs ``fn`` in every forward inside.
 
-        ``fn(tensor, hook)`` may return a tensor to replace the activation (same shape), or None. Every
-        name is checked before anything is registered, and all hooks are removed on exit, also when a
-        hook raises or the user interrupts.
+        ``fn(tensor, hook)`` may return a tensor to replace the activation (same shape, dtype and
+        device: ``HookReturnError`` otherwise), or None. Only this thread sees the hooks (other threads'
+        forwards run without them). Every name is checked before anything is registered, and all hooks
+        are removed on exit, also when a hook raises or the user interrupts.
         """
-        resolved = [(self.resolve_names(name), fn) for name, fn in fwd_hooks]
-        handles: list[torch.utils.hooks.RemovableHandle] = []
-        try:
-            for names, fn in resolved:
-                hook = _forward_hook(fn)
-                handles += [self.hook_dict[name].register_forward_hook(hook) for name in names]
+        resolved = [(self.resolve_names(names), fn) for names, fn in fwd_hooks]  # all checked first
+        with context_hooks((self.hook_dict[name], fn) for names, fn in resolved for name in names):
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def run_with_hooks(
         self,
@@ -172,16 +195,9 @@ class HookedRootModule(nn.Module):
         check_cache_budget(self, estimate, target, budget_bytes)
 
         store: dict[str, torch.Tensor] = {}
-        handles = []
-        try:
-            for name in names:
-                point = self.hook_dict[name]
-                save = _save_hook(store, name, point.shape, device, dtype, pos)
-                handles.append(point.register_forward_hook(save))
+        savers = [(self.hook_dict[name], _save_hook(store, device, dtype, pos)) for name in names]
+        with context_hooks(savers):
             logits = self(ids, **forward_kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
         shapes = {name: self.hook_dict[name].shape for name in store}
         return logits, ActivationCache(store, self, shapes, tokens=ids, pos_slice=pos, start_position=past)
 
@@ -222,35 +238,35 @@ class HookedRootModule(nn.Module):
 
 
 def _forward_hook(fn: HookFn) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor | None]:
-    """Adapt a TransformerLens-style ``fn(tensor, hook)`` to PyTorch's ``(module, args, output)``."""
+    """Adapt a TransformerLens-style ``fn(tensor, hook)`` to PyTorch's ``(module, args, output)``,
+    checking a replacement as a context hook's is checked (the error then names ``fn``)."""
 
     def hook(module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor | None:
-        return fn(output, module)  # type: ignore[arg-type]
+        returned = fn(output, module)  # type: ignore[arg-type]
+        return None if returned is None else checked_replacement(module, output, returned, fn)  # type: ignore[arg-type]
 
     return hook
 
 
 def _save_hook(
     store: dict[str, torch.Tensor],
-    name: str,
-    shape: str,
     device: torch.device | str | None,
     dtype: torch.dtype | None,
     pos: slice | torch.Tensor | None,
-) -> Callable[[nn.Module, Any, torch.Tensor], None]:
-    """A forward hook that keeps a detached reference (copying only to slice, move or cast)."""
+) -> HookFn:
+    """A hook that keeps a detached reference (copying only to slice, move or cast)."""
     if pos is None and device is None and dtype is None:
 
-        def save(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-            store[name] = output.detach()
+        def save(output: torch.Tensor, point: HookPoint) -> None:
+            store[point.name] = output.detach()
 
     else:
 
-        def save(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-            tensor = _slice_positions(output.detach(), shape, pos)
+        def save(output: torch.Tensor, point: HookPoint) -> None:
+            tensor = _slice_positions(output.detach(), point.shape, pos)
             tensor = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
             if pos is not None and tensor.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
                 tensor = tensor.clone()  # a view of a few positions would keep the whole tensor alive
-            store[name] = tensor
+            store[point.name] = tensor
 
     return save

@@ -71,7 +71,8 @@ def estimate_cache(
 
     ``pos``: the kept positions (a normalized ``pos_slice``); ``past_length``: KV-cache positions
     before this forward (key positions = past + P). Each tensor counts in ``dtype`` if given, else in
-    its hook point's own dtype (RMS scales, RoPE tables: float32), else in the model's dtype.
+    the dtype its hook point says it has in this model (``HookPoint.tensor_dtype``: RoPE tables
+    float32; RMS scales at least float32, float64 in a float64 model; the rest the model's dtype).
     """
     sizes = axis_sizes(model.cfg, batch, _kept_positions(pos, n_positions), past_length + n_positions)
     model_dtype = _dtype_of(model)
@@ -79,7 +80,7 @@ def estimate_cache(
     for name in names:
         point = model.hook_dict[name]
         numel = math.prod(_axis_size(letter, sizes, name, point.shape) for letter in point.shape.split())
-        per_name[name] = numel * (dtype or point.dtype or model_dtype).itemsize
+        per_name[name] = numel * (dtype or point.tensor_dtype(model_dtype)).itemsize
     return CacheEstimate(per_name)
 
 

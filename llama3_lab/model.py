@@ -86,7 +86,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device))
-        self.hook_scale = HookPoint("B P 1", "RMS of the input, sqrt(mean(x²) + eps)", dtype=torch.float32)
+        self.hook_scale = HookPoint(
+            "B P 1", "RMS of the input, sqrt(mean(x²) + eps)", dtype=torch.float32, promote=True
+        )
         self.hook_normalized = HookPoint("B P D", "x / RMS, before the norm weight")
         self.hook_out = HookPoint("B P D", "normalized · weight")
 
@@ -99,7 +101,7 @@ class RMSNorm(nn.Module):
         mean_square = x32.pow(2).mean(-1, keepdim=True) + self.eps
         if is_hooked(self.hook_scale):
             rms = mean_square.sqrt()
-            scale = self.hook_scale(rms)
+            scale = _hook(self.hook_scale, rms)
             normalized = x32 * torch.rsqrt(mean_square) if scale is rms else x32 / scale
         else:
             normalized = x32 * torch.rsqrt(mean_square)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .analysis.tables import TopK, top_k_of_probs
 from .generation import Prompt, check_length, prompt_to_tokens, require_tokenizer, resolve_stop
-from .hook_points import get_act_name
+from .hook_points import context_hooks, get_act_name
 from .kv_cache import KVCache
 from .sampling import GenerationError, Sampling, make_generator, resolve_sampling
 from .tokenizer import token_strings
@@ -269,13 +269,13 @@ class Session:
         self._resid_rows: list[torch.Tensor | None] = [None] * n_layers
 
         def keep_attention(layer: int):
-            def hook(_module: Any, _args: Any, pattern: torch.Tensor) -> None:  # [B H Pq Pk] with Pq = 1
+            def hook(pattern: torch.Tensor, _point: Any) -> None:  # [B H Pq Pk] with Pq = 1
                 self._attention_rows[layer] = pattern[0, :, -1].detach().clone()
 
             return hook
 
         def keep_resid(layer: int):
-            def hook(_module: Any, _args: Any, resid: torch.Tensor) -> None:  # [B P D]
+            def hook(resid: torch.Tensor, _point: Any) -> None:  # [B P D]
                 self._resid_rows[layer] = resid[0, -1].detach().clone()
 
             return hook
@@ -288,15 +288,11 @@ class Session:
 
     @contextmanager
     def _capturing(self) -> Iterator[None]:
-        """Attach the capture hooks for one forward. They are plain PyTorch forward hooks registered after
-        any user hooks, so they see what the user's hooks made of each tensor; registering them directly
-        (not through ``model.hooks``, which resolves names) keeps a step's overhead small."""
-        handles = [point.register_forward_hook(hook) for point, hook in self._capture_hooks]
-        try:
+        """Attach the capture hooks for one forward: context hooks (only this thread sees them) added
+        after any user hooks, so they see what the user's hooks made of each tensor; added directly
+        (not through ``model.hooks``, which resolves names) to keep a step's overhead small."""
+        with context_hooks(self._capture_hooks):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _ensure_capacity(self, length: int) -> None:
         """Grow the cache (doubling, up to the model's context) when ``length`` positions do not fit."""

@@ -32,6 +32,5 @@ def random_tokens() -> torch.Tensor:
 
 
 def no_hooks_left(model: LlamaModel) -> bool:
-    return all(
-        not point._forward_hooks and not point._forward_pre_hooks for point in model.hook_dict.values()
-    )
+    """Nothing this thread runs would see a hook point: no module hooks, no context hooks."""
+    return model.hooked_names() == []

@@ -202,7 +202,7 @@ def test_zero_and_mean_head_ablation(model, run, tokens):
     )
     with pytest.raises(ValueError, match="mean_activations"):
         ablate_heads(model, [(0, 1)], kind="mean").__enter__()
-    assert all(not hook._forward_hooks for hook in model.hook_dict.values())
+    assert model.hooked_names() == []
 
 
 def test_mlp_ablation(model, tokens):
@@ -225,7 +225,7 @@ def test_steering_adds_the_vector_in_any_forward(model, run, tokens):
         steered = model(tokens)
     by_hand = model.unembed(model.ln_final(cache["resid_post", L - 1] + 3.0 * vector))
     torch.testing.assert_close(steered, by_hand, rtol=1e-5, atol=1e-5)
-    assert all(not hook._forward_hooks for hook in model.hook_dict.values())
+    assert model.hooked_names() == []
 
 
 def test_steering_acts_during_generation(model):
