@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .activation_cache import ActivationCache
 from .hook_points import hide_context_hooks_from_compiler, hooked_names
+from .hooks import spread_over_devices
 from .kv_cache import KVCache
 from .memory import check_cache_budget, estimate_cache
 from .model import apply_rotary
@@ -73,6 +74,13 @@ class FastDecoder:
         cuda_graph: bool | None = None,
         freeze_weights: bool = True,
     ) -> None:
+        if spread_over_devices(model):
+            raise FastPathError(
+                f"this model is placed over {', '.join(map(str, model.placement.devices))} "
+                "(load_model with device_map), but the fast decoder runs every layer on one device and "
+                "calls the modules directly, past the hooks that bring offloaded weights in. Use the eager "
+                "path (model.generate without fast=True, or a Session), or load the model onto one device."
+            )
         self.model = model
         self.device = model.device
         self.options = {"batch_size": batch_size, "compile": compile, "cuda_graph": cuda_graph}

@@ -179,8 +179,11 @@ class HookedRootModule(nn.Module):
 
         ``names_filter``: which hook points to keep (None: all; a name; a list; ``name -> bool``).
         ``device``/``dtype``: where and how to keep them; the copy happens inside each hook, so memory
-        on the model's device does not grow. ``pos_slice``: positions to keep (int, slice, or indices;
-        an int keeps the axis with length 1; attention patterns keep every key position).
+        on the model's device does not grow. The default device is the model's, except for a model
+        placed over several devices (``model.placement``): there the cache goes to the CPU, one place
+        that holds every layer's activations whichever GPU computed them. ``pos_slice``: positions to
+        keep (int, slice, or indices; an int keeps the axis with length 1; attention patterns keep every
+        key position).
         ``budget_bytes``: refuse (``MemoryBudgetError``) if the estimate exceeds it; default
         ``model.cache_budget_bytes`` or the target device's free memory less a margin.
         Tensors are stored detached and not copied unless ``device``/``dtype``/``pos_slice`` ask for it.
@@ -188,6 +191,8 @@ class HookedRootModule(nn.Module):
         ids = self.to_tokens(tokens)
         names = self.resolve_names(names_filter)
         pos = _normalize_pos_slice(pos_slice)
+        if device is None and spread_over_devices(self):
+            device = "cpu"
         target = torch.device(device) if device is not None else ids.device  # the model's device
         past = forward_kwargs.get("start_pos") or getattr(forward_kwargs.get("cache"), "length", 0)
         batch, n_positions = ids.shape
@@ -235,6 +240,12 @@ class HookedRootModule(nn.Module):
     ) -> list[tuple[str, int]]:
         """``(hook kind, bytes)`` summed over layers, biggest first: where a cache's memory goes."""
         return estimate_cache(self, self.resolve_names(names_filter), n_positions, batch, dtype).by_kind()
+
+
+def spread_over_devices(model: nn.Module) -> bool:
+    """Whether ``model`` was dispatched over several devices (``placement.dispatch``: GPUs, CPU, disk)."""
+    plan = getattr(model, "placement", None)
+    return plan is not None and len(plan.devices) > 1
 
 
 def _forward_hook(fn: HookFn) -> Callable[[nn.Module, Any, torch.Tensor], torch.Tensor | None]:

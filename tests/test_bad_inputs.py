@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from llama3_lab.assets import asset_path
 from llama3_lab.config import ConfigError, LlamaConfig
+from llama3_lab.fast import FastPathError
 from llama3_lab.generation import GenerationError, generate_tokens, sample_next
-from llama3_lab.hook_points import HookNameError
+from llama3_lab.hook_points import HookNameError, HookReturnError
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
 from llama3_lab.memory import MemoryBudgetError
@@ -227,6 +228,40 @@ def unknown_asset(scratch: Path) -> Any:
     return asset_path("llama3/params.json")
 
 
+# -- hooks: what a hook returns, filters that select nothing, the fast decoder on a placed model ------
+
+
+def hook_returns_one_position(scratch: Path) -> Any:
+    return MODEL.run_with_hooks([1, 2, 3], [("blocks.0.hook_resid_mid", lambda resid, hook: resid[:, -1:])])
+
+
+def hook_returns_float64(scratch: Path) -> Any:
+    return MODEL.run_with_hooks([1, 2, 3], [("blocks.1.attn.hook_z", lambda z, hook: z.double())])
+
+
+def hook_returns_a_number(scratch: Path) -> Any:
+    return MODEL.run_with_hooks([1, 2, 3], [("blocks.1.mlp.hook_post", lambda post, hook: 0.0)])
+
+
+def filter_selects_nothing(scratch: Path) -> Any:
+    return MODEL.run_with_cache([1, 2, 3], names_filter=lambda name: "resid_psot" in name)
+
+
+def empty_names_list(scratch: Path) -> Any:
+    return MODEL.run_with_cache([1, 2, 3], names_filter=[])
+
+
+def fast_decoder_on_a_placed_model(scratch: Path) -> Any:
+    from llama3_lab.fast import FastDecoder
+
+    device_map = {"embed": "cpu", "hook_embed": "cpu", "rope": "cpu", "ln_final": "cpu", "unembed": "cpu"}
+    device_map |= {"blocks.0": "cpu", "blocks.1": "disk"}
+    placed = load_model(
+        _saved(scratch), device="cpu", progress=False, device_map=device_map, offload_folder=scratch / "off"
+    )
+    return FastDecoder(placed, max_length=16, compile=None)
+
+
 @dataclass(frozen=True)
 class Case:
     provoke: Callable[[Path], Any]
@@ -289,6 +324,13 @@ CASES = [
     Case(empty_prompt, GenerationError, r"the prompt is empty", r"bos_id"),
     Case(rewind_past_the_prompt, GenerationError, r"can rewind between 0 and 2", r"new session"),
     Case(unknown_asset, KeyError, r"Unknown asset 'llama3/params\.json'", r"known assets are"),
+    # -- hooks: what a hook returns, filters that select nothing, the fast decoder on a placed model --
+    Case(hook_returns_one_position, HookReturnError, r"resid_mid returned shape \[1, 1, 64\]", r"expand_as"),
+    Case(hook_returns_float64, HookReturnError, r"returned dtype torch\.float64", r"\.to\(tensor\.dtype\)"),
+    Case(hook_returns_a_number, HookReturnError, r"returned a float, not a tensor", r"or None"),
+    Case(filter_selects_nothing, HookNameError, r"false for every hook point", r"blocks\.0\.hook_resid_post"),
+    Case(empty_names_list, HookNameError, r"\[\] selects no hook point", r"names_filter=None"),
+    Case(fast_decoder_on_a_placed_model, FastPathError, r"placed over cpu, disk", r"eager path"),
 ]
 
 

@@ -220,3 +220,30 @@ def test_plan_of_llama3_70b_on_two_80gb_gpus_keeps_everything_on_the_gpus() -> N
     assert plan.devices == [0, 1] and len(plan.layers_on(0)) == len(plan.layers_on(1)) == 40
     assert all(bytes_ <= 0.95 * 80 * 10**9 for bytes_ in plan.weight_bytes().values())
     assert plan.kv_bytes_per_token() == {0: 40 * 2 * 8 * 128 * 2, 1: 40 * 2 * 8 * 128 * 2}
+
+
+def test_a_placed_models_cache_goes_to_the_cpu_by_default(saved, offloaded, monkeypatch) -> None:
+    """The default cache device of a model spread over devices is the CPU; ``device=`` overrides it."""
+    import llama3_lab.hooks as hooks
+
+    _, reference = saved
+    model, _ = offloaded
+    asked: list = []
+    save_hook = hooks._save_hook
+    monkeypatch.setattr(
+        hooks,
+        "_save_hook",
+        lambda store, device, *rest: asked.append(device) or save_hook(store, device, *rest),
+    )
+    tokens = torch.tensor([[1, 5, 9, 33, 2]])
+    _, expected = reference.run_with_cache(tokens, names_filter=lambda n: "resid_post" in n)
+    assert set(asked) == {None}, "an unplaced model keeps its cache where it computes"
+    asked.clear()
+    _, got = model.run_with_cache(tokens, names_filter=lambda n: "resid_post" in n)
+    assert set(asked) == {"cpu"}
+    for name in expected.keys():
+        assert got[name].device.type == "cpu"
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    asked.clear()
+    model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post", device="meta")
+    assert asked == ["meta"]
