@@ -9,6 +9,7 @@ from hooked_tiny import hooked_tiny_model, no_hooks_left, random_tokens
 
 from llama3_lab import memory
 from llama3_lab.config import LlamaConfig
+from llama3_lab.kv_cache import KVCache
 from llama3_lab.memory import MemoryBudgetError
 from llama3_lab.model import LlamaModel
 
@@ -51,6 +52,26 @@ def test_estimate_in_a_bf16_model_counts_float32_scales():
     _, cache = model.run_with_cache(ids)
     assert cache["scale", 0, "ln1"].dtype == torch.float32 and cache["resid_post", 0].dtype == torch.bfloat16
     assert model.estimate_cache_bytes(11) == cache.nbytes
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_estimate_is_exact_for_every_hook_point_in_every_dtype(model_dtype):
+    """Per hook point, not only in total: float32 RoPE tables, norm scales at least float32 (float64 in
+    a float64 model), everything else in the model's dtype; with a KV cache behind the new tokens."""
+    from conftest import tiny_model
+
+    model = tiny_model(seed=4, dtype=model_dtype)
+    kv = KVCache.allocate(model, batch_size=2, max_length=16)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
+    model(ids[:, :3], cache=kv)
+    estimate = memory.estimate_cache(model, model.hook_names(), n_positions=4, batch=2, past_length=3)
+    _, cache = model.run_with_cache(ids[:, 3:], cache=kv)
+    held = {name: tensor.nbytes for name, tensor in cache.items()}
+    assert estimate.per_name == held
+    kinds = {cache[name].dtype: name for name in cache.keys()}
+    scale = cache["scale", 0, "ln1"].dtype
+    assert scale == (torch.float64 if model_dtype == torch.float64 else torch.float32), kinds
+    assert cache["rope.hook_cos"].dtype == torch.float32 and cache["resid_post", 1].dtype == model_dtype
 
 
 def test_budget_refuses_and_explains(tiny, tokens):

@@ -116,6 +116,163 @@ def test_logits_and_hooks_match_transformers(heads, scaling, tied):
         assert_close_to_scale(model(tokens), logits)
 
 
+def transformers_intermediates(hf, tokens: torch.Tensor, monkeypatch) -> dict[str, torch.Tensor]:
+    """Every intermediate of transformers' forward that one of our hook points holds, under our names,
+    taken from transformers' own modules: forward hooks on its projections, norms, MLP parts and layers,
+    and its ``eager_attention_forward`` (rotated q/k, the scaled scores before the mask, the pattern,
+    the per-head output). Norm scales are sqrt(mean(x²) + eps) of transformers' norm inputs, and the
+    normalized vectors its norm outputs divided by the norm weight."""
+    from transformers.models.llama import modeling_llama
+
+    cfg, seen, handles = hf.config, {}, []
+    B, P = tokens.shape
+    H, K, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def keep(module, key, what="out", view=None):
+        def hook(_module, args, out):
+            tensor = args[0] if what == "in" else out
+            seen[key] = tensor if view is None else tensor.reshape(view)
+
+        handles.append(module.register_forward_hook(hook))
+
+    def keep_norm(norm, prefix):
+        def hook(module, args, out):
+            x = args[0].float()
+            seen[f"{prefix}.hook_scale"] = torch.sqrt(
+                x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon
+            )
+            seen[f"{prefix}.hook_normalized"] = out / module.weight
+            seen[f"{prefix}.hook_out"] = out
+
+        handles.append(norm.register_forward_hook(hook))
+
+    keep(hf.model.embed_tokens, "hook_embed")
+    rope_handle = hf.model.rotary_emb.register_forward_hook(
+        lambda m, args, out: seen.update({"rope.hook_cos": out[0][0], "rope.hook_sin": out[1][0]})
+    )
+    handles.append(rope_handle)
+    for l, layer in enumerate(hf.model.layers):
+        block = f"blocks.{l}"
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, args, key=f"{block}.hook_resid_pre": seen.__setitem__(key, args[0])
+            )
+        )
+        keep(layer, f"{block}.hook_resid_post")
+        keep_norm(layer.input_layernorm, f"{block}.ln1")
+        keep_norm(layer.post_attention_layernorm, f"{block}.ln2")
+        keep(layer.post_attention_layernorm, f"{block}.hook_resid_mid", what="in")
+        keep(layer.self_attn.q_proj, f"{block}.attn.hook_q", view=(B, P, H, d))
+        keep(layer.self_attn.k_proj, f"{block}.attn.hook_k", view=(B, P, K, d))
+        keep(layer.self_attn.v_proj, f"{block}.attn.hook_v", view=(B, P, K, d))
+        keep(layer.self_attn.o_proj, f"{block}.attn.hook_z", what="in", view=(B, P, H, d))
+        keep(layer.self_attn.o_proj, f"{block}.hook_attn_out")
+        keep(layer.mlp.gate_proj, f"{block}.mlp.hook_pre")
+        keep(layer.mlp.up_proj, f"{block}.mlp.hook_pre_linear")
+        keep(layer.mlp.act_fn, f"{block}.mlp.silu_gate")  # not a hook of ours: checks post = silu(gate)·up
+        keep(layer.mlp.down_proj, f"{block}.mlp.hook_post", what="in")
+        keep(layer.mlp, f"{block}.hook_mlp_out")
+    keep_norm(hf.model.norm, "ln_final")
+
+    original = modeling_llama.eager_attention_forward
+
+    def eager_attention(module, query, key, value, attention_mask, scaling, **kwargs):
+        block = f"blocks.{module.layer_idx}.attn"
+        keys = modeling_llama.repeat_kv(key, module.num_key_value_groups)
+        seen[f"{block}.hook_rot_q"] = query.transpose(1, 2)  # b h p d -> b p h d
+        seen[f"{block}.hook_rot_k"] = key.transpose(1, 2)
+        seen[f"{block}.hook_attn_scores"] = torch.matmul(query, keys.transpose(2, 3)) * scaling
+        out, weights = original(module, query, key, value, attention_mask, scaling, **kwargs)
+        seen[f"{block}.hook_pattern"], seen[f"{block}.attn.z_eager"] = weights, out
+        return out, weights
+
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", eager_attention)
+    try:
+        with torch.no_grad():
+            seen["unembed.hook_out"] = hf(tokens).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+        monkeypatch.undo()
+    return seen
+
+
+def hook_mismatches(
+    ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], rel: float = 1e-5
+) -> dict:
+    """``{name: max |Δ| / scale}`` for every hook of ours that differs from transformers' beyond float32
+    round-off (scores: where the causal mask lets a key through; above it ours must be −inf)."""
+    bad = {}
+    for name, tensor in ours.items():
+        expected = theirs[name]
+        if name.endswith("hook_attn_scores"):
+            visible = torch.ones(tensor.shape[-2:], dtype=torch.bool).tril()
+            if not torch.all(tensor[..., ~visible] == float("-inf")):
+                bad[name] = float("inf")
+            tensor, expected = tensor[..., visible], expected[..., visible]
+        if tensor.shape != expected.shape:
+            bad[name] = float("nan")
+            continue
+        error = (tensor.double() - expected.double()).abs().max().item() / expected.abs().max().item()
+        if not error <= rel:
+            bad[name] = error
+    return bad
+
+
+def _with_random_norm_weights(model: LlamaModel) -> LlamaModel:
+    """Norm weights away from 1, so that ``normalized`` (before the weight) and ``out`` differ."""
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith(("ln1.weight", "ln2.weight", "ln_final.weight")):
+                weight.copy_(1 + 0.5 * torch.randn(weight.shape, generator=generator))
+    return model
+
+
+@pytest.fixture(scope="module")
+def every_hook_and_transformers():
+    """Our cache of every hook point and transformers' intermediates, on the same weights and tokens."""
+    model = _with_random_norm_weights(tiny_model(seed=8, num_hidden_layers=3, rope_scaling=LLAMA3_SCALING))
+    hf = transformers_twin(model, attn="eager")
+    tokens = tokens_for(model.cfg, length=36)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        theirs = transformers_intermediates(hf, tokens, monkeypatch)
+    _, cache = model.run_with_cache(tokens)
+    return model, dict(cache.items()), theirs
+
+
+def test_every_hook_matches_transformers_intermediates(every_hook_and_transformers):
+    model, ours, theirs = every_hook_and_transformers
+    assert sorted(ours) == sorted(model.hook_names()) and set(ours) <= set(theirs)  # every hook compared
+    assert hook_mismatches(ours, theirs) == {}
+    for l in range(model.cfg.num_hidden_layers):  # transformers' own pieces agree with each other too
+        mlp, attn = f"blocks.{l}.mlp", f"blocks.{l}.attn"
+        torch.testing.assert_close(
+            theirs[f"{mlp}.hook_post"], theirs[f"{mlp}.silu_gate"] * theirs[f"{mlp}.hook_pre_linear"]
+        )
+        torch.testing.assert_close(theirs[f"{attn}.hook_z"], theirs[f"{attn}.attn.z_eager"])
+
+
+def test_the_comparison_catches_swapped_gate_and_up_and_a_missing_scale(every_hook_and_transformers):
+    """The mistakes a mutation run slipped past the older, partial comparison."""
+    model, ours, theirs = every_hook_and_transformers
+    swapped = dict(ours)
+    swapped["blocks.0.mlp.hook_pre"], swapped["blocks.0.mlp.hook_pre_linear"] = (
+        ours["blocks.0.mlp.hook_pre_linear"],
+        ours["blocks.0.mlp.hook_pre"],
+    )
+    swapped["blocks.1.attn.hook_attn_scores"] = ours["blocks.1.attn.hook_attn_scores"] * math.sqrt(
+        model.cfg.head_dim
+    )
+    swapped["blocks.2.ln2.hook_normalized"] = ours["blocks.2.ln2.hook_out"]  # after the weight, not before
+    assert set(hook_mismatches(swapped, theirs)) == {
+        "blocks.0.mlp.hook_pre",
+        "blocks.0.mlp.hook_pre_linear",
+        "blocks.1.attn.hook_attn_scores",
+        "blocks.2.ln2.hook_normalized",
+    }
+
+
 def test_rope_tables_are_transformers_bit_for_bit():
     import transformers
 
