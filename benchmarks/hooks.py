@@ -7,6 +7,10 @@ median and the fastest wall time of each (on a shared host the fastest is the st
 Ratios are to our own forward without hooks (fused attention). Goals: caching every hook point
 ≤ 1.25× (TransformerLens measured 1.83×, nnsight 1.34× on this kind of machine), caching a few names
 ≤ 1.05×. ``--profile`` prints a cProfile of caching everything.
+
+It also times the one "is it hooked" check that the forward makes at every hook point (~20 per layer):
+``_hook(point, x)`` on a point with no hook, in nanoseconds (it reads the thread's context hooks and
+the module's hook dictionaries; a module call would cost ~600 ns).
 """
 
 from __future__ import annotations
@@ -15,13 +19,19 @@ import argparse
 import cProfile
 import pstats
 import statistics
+import sys
 import time
+import timeit
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from llama3_lab import load_model
-from llama3_lab.units import format_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
+
+from llama3_lab import load_model  # noqa: E402
+from llama3_lab.hook_points import _hook  # noqa: E402
+from llama3_lab.units import format_bytes  # noqa: E402
 
 FEW = ["blocks.5.hook_resid_post", "blocks.15.hook_resid_post", "blocks.29.hook_resid_post"]
 
@@ -76,6 +86,13 @@ def main() -> None:
                 f"  {name:<42} {median * 1e3:6.1f} ms  {median / statistics.median(base):5.2f}x"
                 f"  {fastest * 1e3:6.1f} ms  {fastest / min(base):5.2f}x"
             )
+
+        point, x = model.hook_dict["blocks.5.hook_resid_post"], tokens
+        calls = 200_000
+        empty = min(timeit.repeat(lambda: x, number=calls, repeat=7)) / calls
+        check = min(timeit.repeat(lambda: _hook(point, x), number=calls, repeat=7)) / calls
+        print(f"  unused hook point: {(check - empty) * 1e9:.0f} ns per _hook(point, x), best of 7 "
+              f"({n_hooks} points: {(check - empty) * n_hooks * 1e6:.1f} µs per forward)")  # fmt: skip
 
         if args.profile:
             profiler = cProfile.Profile()

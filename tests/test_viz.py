@@ -149,21 +149,19 @@ def test_heads_grid_png_of_9_heads_by_32_tokens_stays_small():
     assert size < 150_000, f"{size} bytes"
 
 
-def test_long_prompt_is_pooled_thinned_and_fast():
+def test_long_prompt_is_pooled_and_thinned():
+    """How long the figure takes is measured in ``benchmarks/viz.py`` (goal < 3 s), not asserted here."""
     positions = 2048
     pattern = causal_patterns(1, positions)[0]
     tokens = [f" w{i}" for i in range(positions)]
-    start = time.perf_counter()
     fig = viz.attention_pattern(pattern, tokens)
     size, _ = png_bytes(fig)
-    seconds = time.perf_counter() - start
     ax = fig.axes[0]
     assert max(ax.images[0].get_array().shape) <= 256
     assert 2 <= len(tick_texts(ax, "x")) <= 80 and 2 <= len(tick_texts(ax, "y")) <= 80
     assert "blocks of 8" in ax.get_xlabel()
     # Axes stay in absolute positions whatever the pooling: the last tick is inside 0..2047.
     assert 0 <= ax.get_xticks()[-1] <= positions - 1
-    assert seconds < 3.0, f"2,048-token pattern took {seconds:.2f} s"
     assert size < 250_000
 
 
