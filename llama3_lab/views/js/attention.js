@@ -79,11 +79,34 @@ function render({ model, el }) {
   }
   text.append(fragment);
 
+  // Only the tokens on screen are repainted on hover (a 4,096-token prompt is mostly scrolled away);
+  // a token scrolled into view is painted with the current line as it appears.
+  const visible = new Set();
+  let shownHigh = 1;
+  function paintToken(j) {
+    const color = colorOf("sequential", values[j] / shownHigh);
+    spans[j].style.background = Number.isNaN(values[j]) ? "" : color;
+    spans[j].style.color = Number.isNaN(values[j]) ? "" : inkOn(color);
+  }
+  const watcher = new IntersectionObserver(
+    (entries) => {
+      for (const entry of entries) {
+        const j = Number(entry.target.dataset.i);
+        if (entry.isIntersecting) {
+          visible.add(j);
+          paintToken(j);
+        } else visible.delete(j);
+      }
+    },
+    { root: text, rootMargin: "200px 0px" },
+  );
+  for (const span of spans) watcher.observe(span);
+
   let weights = new Float32Array(0);
   const rowStart = (q) => (q * (q + 1)) / 2;
   const weight = (q, k) => (k <= q ? weights[rowStart(q) + k] : NaN);
-  const values = new Float32Array(n);
-  let painted = [];
+  const values = new Float32Array(n).fill(NaN);
+  let current = -1;
 
   /** Position `i`'s row (mode "row") or column (mode "column") into `values`; returns the shown range. */
   function lineOf(i) {
@@ -106,24 +129,16 @@ function render({ model, el }) {
   }
 
   function paintLine(i) {
-    for (const j of painted) {
-      spans[j].style.background = "";
-      spans[j].style.color = "";
-    }
     const range = lineOf(i);
     let high = 0;
     const skipFirst = sinkBox.checked && model.get("mode") === "row" && range[1] > 1;
     for (let j = range[0]; j < range[1]; j++) if (!(skipFirst && j === 0) && values[j] > high) high = values[j];
-    high = high || 1;
-    painted = [];
-    for (let j = range[0]; j < range[1]; j++) {
-      const color = colorOf("sequential", values[j] / high);
-      spans[j].style.background = color;
-      spans[j].style.color = inkOn(color);
-      painted.push(j);
-    }
-    for (const span of text.querySelectorAll(".l3v-current")) span.classList.remove("l3v-current");
+    shownHigh = high || 1;
+    high = shownHigh;
+    for (const j of visible) paintToken(j);
+    if (current >= 0) spans[current].classList.remove("l3v-current");
     spans[i].classList.add("l3v-current");
+    current = i;
     const what = model.get("mode") === "row" ? `query ${i} → keys 0..${i}` : `key ${i} ← queries ${i}..${n - 1}`;
     const note = skipFirst && values[0] > high ? " (the first token is above the scale)" : "";
     textLegend.set(0, high, `text: weight, ${what}, head ${model.get("head")}${note}`);

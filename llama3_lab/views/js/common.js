@@ -89,8 +89,9 @@ function makeTooltip(root) {
       tip.style.display = "block";
       const box = root.getBoundingClientRect();
       let x = event.clientX - box.left + 14, y = event.clientY - box.top + 14;
-      const width = tip.offsetWidth;
+      const width = tip.offsetWidth, height = tip.offsetHeight;
       if (x + width > box.width) x = Math.max(0, event.clientX - box.left - width - 14);
+      if (y + height > box.height) y = Math.max(0, event.clientY - box.top - height - 14);
       tip.style.left = x + "px";
       tip.style.top = y + "px";
     },
