@@ -102,7 +102,12 @@ class RMSNorm(nn.Module):
         if is_hooked(self.hook_scale):
             rms = mean_square.sqrt()
             scale = _hook(self.hook_scale, rms)
-            normalized = x32 * torch.rsqrt(mean_square) if scale is rms else x32 / scale
+            # Unchanged, the scale is applied as rsqrt (bit-identical to transformers), except while a
+            # gradient is recorded through it: then x / scale, so d(metric)/d(scale) is its true value.
+            if scale is rms and not (scale.requires_grad and torch.is_grad_enabled()):
+                normalized = x32 * torch.rsqrt(mean_square)
+            else:
+                normalized = x32 / scale
         else:
             normalized = x32 * torch.rsqrt(mean_square)
         normalized = _hook(self.hook_normalized, normalized.to(x.dtype))

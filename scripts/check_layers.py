@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("units", ["units", "config_checks"]),
     ("config", ["config", "rope", "gguf_metadata", "known_configs", "config_explain"]),
     ("files", ["assets", "tokenizer"]),
-    ("hooks and cache", ["hook_points", "tokens", "memory", "activation_cache", "hooks"]),
+    ("hooks and cache", ["hook_points", "tokens", "memory", "activation_cache", "hooks", "gradients"]),
     ("model", ["kv_cache", "model"]),
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),

@@ -270,6 +270,53 @@ class Case:
     fix: str  # a regex the message must match: what to do
 
 
+# -- browser views (task: interactive views) -------------------------------------------------------------
+
+
+def attention_view_layer_out_of_range(scratch: Path) -> Any:
+    from llama3_lab.views import AttentionView
+
+    return AttentionView(MODEL, [1, 5, 7], layer=5)
+
+
+def token_values_length_mismatch(scratch: Path) -> Any:
+    from llama3_lab.views import TokenValuesView
+
+    return TokenValuesView(["a", "b", "c"], {"loss": [0.1, 0.2]})
+
+
+def token_values_unknown_channel(scratch: Path) -> Any:
+    from llama3_lab.views import TokenValuesView
+
+    return TokenValuesView(["a", "b"], {"loss": [0.1, 0.2]}, channel="los")
+
+
+def token_values_ids_for_tokens(scratch: Path) -> Any:
+    from llama3_lab.views import TokenValuesView
+
+    return TokenValuesView([5, 7], {"loss": [0.1, 0.2]})
+
+
+def logit_lens_view_too_wide(scratch: Path) -> Any:
+    from llama3_lab.views import LogitLensView
+
+    return LogitLensView(MODEL, [1, 5, 7], width=64)
+
+
+def logit_lens_target_without_tokenizer(scratch: Path) -> Any:
+    from llama3_lab.views import LogitLensView
+
+    return LogitLensView(MODEL, [1, 5, 7], target=" Paris")
+
+
+def stepper_view_rewind_past_the_steps(scratch: Path) -> Any:
+    from llama3_lab.views import StepperView
+
+    view = StepperView(MODEL, [1, 5, 7])
+    view.step(1)
+    return view.rewind_to(3)
+
+
 CASES = [
     Case(hf_no_weights, FileNotFoundError, r"no model\.safetensors", r"found: config\.json"),
     Case(hf_pickled_bin_only, FileNotFoundError, r"no model\.safetensors", r"pytorch_model\.bin"),
@@ -324,6 +371,14 @@ CASES = [
     Case(empty_prompt, GenerationError, r"the prompt is empty", r"bos_id"),
     Case(rewind_past_the_prompt, GenerationError, r"can rewind between 0 and 2", r"new session"),
     Case(unknown_asset, KeyError, r"Unknown asset 'llama3/params\.json'", r"known assets are"),
+    # browser views (task: interactive views)
+    Case(attention_view_layer_out_of_range, ValueError, r"layer must be an int in 0\.\.1", r"got 5"),
+    Case(token_values_length_mismatch, ValueError, r"'loss' has 2 values but there are 3 tokens", r"NaN"),
+    Case(token_values_unknown_channel, ValueError, r"channel 'los' is not one", r"\['loss'\]"),
+    Case(token_values_ids_for_tokens, TypeError, r"token strings", r"token_strings\(ids\)"),
+    Case(logit_lens_view_too_wide, ValueError, r"width must be an int in 1\.\.32", r"got 64"),
+    Case(logit_lens_target_without_tokenizer, ValueError, r"needs a tokenizer", r"give an id"),
+    Case(stepper_view_rewind_past_the_steps, ValueError, r"step must be an int in 0\.\.1", r"got 3"),
     # -- hooks: what a hook returns, filters that select nothing, the fast decoder on a placed model --
     Case(hook_returns_one_position, HookReturnError, r"resid_mid returned shape \[1, 1, 64\]", r"expand_as"),
     Case(hook_returns_float64, HookReturnError, r"returned dtype torch\.float64", r"\.to\(tensor\.dtype\)"),

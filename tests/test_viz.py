@@ -283,6 +283,40 @@ def test_rope_rotation_points_lie_on_the_unit_circle_at_the_right_angle():
         viz.rope_rotation(64)
 
 
+def test_rope_angle_curves_never_alias():
+    """Every drawn angle curve has >= MIN_SAMPLES_PER_TURN samples per wavelength, and its values are the
+    exact angles, even when the scatter samples only 256 of 4,096 positions (the explorer's case)."""
+    from llama3_lab.viz.rope import MIN_SAMPLES_PER_TURN
+
+    inv_freq = 5e5 ** (-2 * np.arange(64) / 128)
+    pairs = [0, 10, 20, 40]  # pair 10 turns every ~48.8 tokens
+    sampled = np.unique(np.linspace(0, 4096, 256).round().astype(int))
+    fig = viz.rope_rotation(pairs, positions=sampled)
+    angle_ax = fig.axes[1]
+    for line, pair in zip(angle_ax.get_lines(), pairs):
+        x, y = (np.asarray(a, dtype=float) for a in line.get_data())
+        finite = np.isfinite(x)
+        steps = np.diff(x[finite])
+        wavelength = 2 * math.pi / inv_freq[pair]
+        assert wavelength / steps.max() >= MIN_SAMPLES_PER_TURN, (pair, steps.max(), wavelength)
+        assert x[finite][0] == 0 and x[finite][-1] == 4096
+        expected = np.mod(x[finite] * inv_freq[pair], 2 * math.pi)
+        assert np.allclose(np.cos(y[finite] - expected), 1.0, atol=1e-3)
+
+
+def test_long_rope_tables_are_averaged_not_strided():
+    from llama3_lab.viz.rope import MAX_TABLE_ROWS
+
+    cfg = rope_config(5e5, 16)
+    cos, sin = Rotary(cfg)(0, 4096)
+    fig = viz.rope_table(cos, sin, convention="hf")
+    image = fig.axes[0].images[0].get_array()
+    block = -(-4096 // MAX_TABLE_ROWS)
+    assert image.shape[0] <= MAX_TABLE_ROWS
+    np.testing.assert_allclose(image[3], cos.numpy()[3 * block : 4 * block].mean(0), atol=1e-6)
+    assert f"mean over {block} positions" in fig.texts[0].get_text()
+
+
 def test_rope_score_vs_distance_matches_the_complex_form():
     rng = np.random.default_rng(1)
     q, k = rng.normal(size=128), rng.normal(size=128)

@@ -35,9 +35,14 @@ def previous_token_scores(cache: ActivationCache) -> torch.Tensor:
     return _per_head(cache, lambda pattern: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1))
 
 
+def first_token_attention(pattern: torch.Tensor) -> torch.Tensor:
+    """``[..., H]``: mean attention on the first token over queries 1..P−1 of ``pattern [..., H, Pq, Pk]``."""
+    return pattern[..., 1:, 0].mean(-1)
+
+
 def attention_sink_scores(cache: ActivationCache) -> torch.Tensor:
     """``[L, H]``: mean attention on the first token over query positions 1..P−1 (0 has no choice)."""
-    return _per_head(cache, lambda pattern: pattern[..., 1:, 0].mean(-1))
+    return _per_head(cache, first_token_attention)
 
 
 def attention_entropy(cache: ActivationCache) -> torch.Tensor:

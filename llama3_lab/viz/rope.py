@@ -36,6 +36,15 @@ from ._common import (
 RopeSource = LlamaConfig | np.ndarray | Any
 """A LlamaConfig, or inverse frequencies [d/2] as a NumPy array or torch tensor."""
 
+MIN_SAMPLES_PER_TURN = 6
+"""Samples per wavelength of every drawn angle curve. Curves are drawn at every integer position (the only
+positions that exist); since θ > 1 every wavelength is at least 2π ≈ 6.3 tokens, so no curve can alias
+into a slower false one, as 256 samples spread over 4,096 positions did (a 48.8-token wavelength showed as
+a ~1,200-token sawtooth)."""
+MAX_TABLE_ROWS = 512
+"""Rows of a cos/sin table drawn as they are; longer tables are averaged over blocks of positions, since a
+plot a few hundred pixels tall would otherwise pick rows at a stride and show moiré."""
+
 
 def rope_config(theta: float, head_dim: int = 128, rope_scaling: dict[str, Any] | None = None) -> LlamaConfig:
     """A config carrying only what RoPE needs, for figures about θ and d without a whole model."""
@@ -160,6 +169,11 @@ def rope_table(
         raise ValueError(
             f"cos and sin must have the same shape; got {cos_pairs.shape} and {sin_pairs.shape}."
         )
+    block = -(-cos_pairs.shape[0] // MAX_TABLE_ROWS)
+    if block > 1:  # average blocks of positions: fast pairs then read as ~0 instead of as moiré
+        cos_pairs, sin_pairs = _block_mean(cos_pairs, block), _block_mean(sin_pairs, block)
+        note = f"each row: mean over {block} positions"
+        title = f"{title} ({note})" if title else note
     layouts = {
         "hf": ("Hugging Face: dim i pairs with i + d/2", "p half -> p (two half)"),
         "meta": ("Meta: dims 2i, 2i+1 pair up", "p half -> p (half two)"),
@@ -195,6 +209,23 @@ def rope_table(
     return fig
 
 
+def _block_mean(table: np.ndarray, block: int) -> np.ndarray:
+    """Rows averaged over consecutive blocks of ``block`` positions (the last block may be shorter)."""
+    rows = -(-table.shape[0] // block)
+    sums = np.add.reduceat(table, np.arange(rows) * block, axis=0)
+    counts = np.diff(np.append(np.arange(rows) * block, table.shape[0]))
+    return sums / counts[:, None]
+
+
+def _wrapped_curve(positions: np.ndarray, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, angles)`` with a NaN where the angle wraps from 2π to 0, so no line joins the two."""
+    wraps = np.flatnonzero(np.diff(angles) < -math.pi) + 1
+    return (
+        np.insert(positions.astype(float), wraps, np.nan),
+        np.insert(angles, wraps, np.nan),
+    )
+
+
 def rope_rotation(
     pair: int | Sequence[int],
     positions: int | Sequence[int] = 32,
@@ -206,9 +237,10 @@ def rope_rotation(
     """How RoPE turns one pair of dimensions (2i, 2i+1) as the position grows.
 
     Left: the unit vector e₀ of each pair rotated to each position (points on the unit circle, coloured by
-    position). Right: its angle (mod 2π) against position: fast pairs wrap many times, slow pairs barely
-    move. ``source`` defaults to Llama 3 8B (θ = 5·10⁵, d = 128). Rotations come from the model's
-    ``apply_rotary_complex``.
+    position). Right: its angle (mod 2π) against position, drawn at every integer position from the first
+    to the last of ``positions`` (never sampled more sparsely: see :data:`MIN_SAMPLES_PER_TURN`): fast
+    pairs wrap many times, slow pairs barely move. ``source`` defaults to Llama 3 8B (θ = 5·10⁵, d = 128).
+    Rotations come from the model's ``apply_rotary_complex``.
     """
     import torch
 
@@ -223,10 +255,12 @@ def rope_rotation(
                 f"pair {p} is out of range: this RoPE has {inv_freq.size} pairs (0..{inv_freq.size - 1})."
             )
     pos = np.arange(positions) if isinstance(positions, int) else np.asarray(positions)
-    unit = torch.zeros(1, len(pos), 1, 2 * inv_freq.size)
+    every = np.arange(pos.min(), pos.max() + 1)  # every position the angle curves cover
+    unit = torch.zeros(1, len(every), 1, 2 * inv_freq.size)
     unit[..., [2 * p for p in pairs]] = 1.0  # the real part of each chosen pair: e₀
-    rotated = apply_rotary_complex(unit, torch.as_tensor(pos), torch.as_tensor(inv_freq, dtype=torch.float32))
-    rotated = to_numpy(rotated)[0, :, 0]  # [P d]
+    freqs = torch.as_tensor(inv_freq, dtype=torch.float32)
+    rotated_every = to_numpy(apply_rotary_complex(unit, torch.as_tensor(every), freqs))[0, :, 0]  # [P d]
+    rotated = rotated_every[pos - pos.min()]
 
     if axes is None:
         fig = bare_figure((7.5, 3.3))
@@ -244,10 +278,13 @@ def rope_rotation(
         points = circle_ax.scatter(
             x, y, c=pos, cmap=SEQUENTIAL_CMAP, norm=norm, s=14, marker=markers[n % 7], label=f"pair {p}"
         )
+        curve_x, curve_y = _wrapped_curve(
+            every, np.mod(np.arctan2(rotated_every[:, 2 * p + 1], rotated_every[:, 2 * p]), 2 * math.pi)
+        )
         angle_ax.plot(
-            pos,
-            np.mod(np.arctan2(y, x), 2 * math.pi),
-            marker=".",
+            curve_x,
+            curve_y,
+            marker="." if len(every) <= 64 else None,
             markersize=3,
             linewidth=0.8,
             label=f"pair {p}: {2 * math.pi / inv_freq[p]:.3g} tokens/turn",

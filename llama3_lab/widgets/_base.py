@@ -20,7 +20,7 @@ from typing import Any
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from ..tokenizer import token_strings
+from ..views._base import cached_run  # noqa: F401  (kept importable from here)
 
 PNG_DPI = 100
 """Screen resolution: one view is tens of kilobytes of PNG, cheap to send to the browser on each redraw."""
@@ -139,54 +139,3 @@ def labelled(description: str, control: widgets.Widget, width: str = "110px") ->
     control.description = description
     control.style = {"description_width": width}
     return control
-
-
-def cached_run(
-    model_or_cache: Any, tokens: Any, names_filter: Callable[[str], bool], *, needs: str
-) -> tuple[Any, Any, list[int], list[str]]:
-    """``(model, cache, ids, token_strings)`` from a model and a prompt, or from an existing cache.
-
-    With a model, ``tokens`` (text, ids or a LongTensor) is run once through ``run_with_cache`` keeping only
-    ``names_filter``'s hooks. With an :class:`~llama3_lab.activation_cache.ActivationCache`, ``tokens``
-    may give the display strings (default: the cache's own ids through the model's tokenizer). ``needs``
-    names what the explorer reads, for the error message.
-    """
-    from ..activation_cache import ActivationCache
-
-    if isinstance(model_or_cache, ActivationCache):
-        cache, model = model_or_cache, model_or_cache.model
-        if cache.tokens is None:
-            raise ValueError(
-                "this ActivationCache does not record its input ids; run model.run_with_cache again."
-            )
-        ids = cache.tokens.reshape(-1).tolist() if cache.tokens.shape[0] == 1 else None
-        if ids is None:
-            raise ValueError(
-                f"the cache holds a batch of {cache.tokens.shape[0]} sequences; explore one at a time "
-                "(run_with_cache on a single prompt)."
-            )
-        strings = list(tokens) if tokens is not None and not isinstance(tokens, str) else None
-    else:
-        model = model_or_cache
-        if not hasattr(model, "run_with_cache"):
-            raise TypeError(
-                f"expected a LlamaModel or an ActivationCache, got {type(model_or_cache).__name__}; "
-                f"pass the model and a prompt, or a cache holding {needs}."
-            )
-        if tokens is None:
-            raise ValueError("pass the prompt to explore: text, token ids or a LongTensor of ids.")
-        ids_tensor = model.to_tokens(tokens)
-        if ids_tensor.shape[0] != 1:
-            raise ValueError(f"explore one sequence at a time, got a batch of {ids_tensor.shape[0]}.")
-        import torch
-
-        with torch.no_grad():
-            _logits, cache = model.run_with_cache(ids_tensor, names_filter=names_filter)
-        ids = ids_tensor[0].tolist()
-        strings = None
-    if strings is None:
-        tokenizer = getattr(model, "tokenizer", None)
-        strings = token_strings(tokenizer, ids)
-    if len(strings) != len(ids):
-        raise ValueError(f"got {len(strings)} token strings for {len(ids)} positions; pass one per position.")
-    return model, cache, ids, strings

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -101,6 +102,8 @@ def running_lab(notebook: Path, *, startup_timeout: float = 40.0) -> Iterator[La
             "JUPYTER_DATA_DIR": str(data),
             "JUPYTER_RUNTIME_DIR": str(runtime),
             "JUPYTER_PLATFORM_DIRS": "1",
+            # The kernel imports the checkout under test, whatever copy the environment has installed.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
         }
         log = tmp_path / "jupyterlab.log"
         command = [
@@ -196,14 +199,21 @@ class LabPage:
         self.page.evaluate(f"() => window.jupyterapp.commands.execute({json.dumps(name)})")
 
     def run_all(self, timeout_ms: int = 60_000) -> None:
-        """Clear stored outputs (so old prompts cannot satisfy a wait), run every cell, wait for idle."""
+        """Clear stored outputs (so old prompts cannot satisfy a wait), run every cell, wait for idle.
+
+        A cell that raises stops the run (the cells after it never get a prompt number): that is reported
+        at once, with the error, instead of waiting for the timeout.
+        """
         self.command("notebook:clear-all-cell-outputs")
         self.command("notebook:run-all-cells")
         self.page.wait_for_function(
             """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
-                       .every((p) => /\\[\\d+\\]/.test(p.textContent))""",
+                       .every((p) => /\\[\\d+\\]/.test(p.textContent)) ||
+                     !!document.querySelector(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")""",
             timeout=timeout_ms,
         )
+        if self.cell_errors():
+            raise AssertionError("a cell raised during Run All:\n" + "\n".join(self.cell_errors()))
         self.page.wait_for_function(_KERNEL_IDLE_JS, timeout=timeout_ms)
 
     def execute(self, code: str) -> str:
