@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from llama3_lab.assets import asset_path
 from llama3_lab.config import ConfigError, LlamaConfig
 from llama3_lab.generation import GenerationError, generate_tokens, sample_next
-from llama3_lab.hooks import HookNameError, MemoryBudgetError
+from llama3_lab.hook_points import HookNameError
+from llama3_lab.memory import MemoryBudgetError
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
 from llama3_lab.session import Session

@@ -129,6 +129,7 @@ def load_meta_dir(
     dtype: torch.dtype,
     progress: bool = True,
     placement: Any = None,
+    allow_nonfinite: bool = False,
 ) -> Any:
     """A model from a Meta checkpoint directory (with the tokenizer from ``tokenizer.model`` if present)."""
     from ..model import LlamaModel
@@ -154,4 +155,5 @@ def load_meta_dir(
         progress=progress,
         tokenizer=tokenizer,
         placement=placement,
+        allow_nonfinite=allow_nonfinite,
     )
