@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -211,20 +212,33 @@ def test_missing_files_say_what_was_expected(saved, tmp_path_factory):
 # --------------------------------------------------------------------------------------- Meta dirs
 
 
-def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, embed_axis: int) -> None:
-    """Write ``model`` the way Meta's tensor-parallel checkpoints are: q/k interleaved, sliced per shard."""
+def hf_rows_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF's half-split q/k rows → Meta's interleaved pairs, written independently of ``layouts.py``: the
+    inverse of transformers' ``convert_llama_weights_to_hf.permute(w, n_heads, dim1, dim2) =
+    w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)``."""
+    dim1, dim2 = w.shape
+    return w.reshape(n_heads, 2, dim1 // n_heads // 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+
+
+def write_meta_checkpoint(
+    model: LlamaModel, directory: Path, n_shards: int, embed_axis: int, use_scaled_rope: bool = False
+) -> None:
+    """Write ``model`` the way Meta's tensor-parallel checkpoints are: q/k interleaved, sliced per shard
+    (rows split evenly, so with fewer K/V heads than shards a shard holds part of a head); no
+    ``output.weight`` when the model is tied."""
     cfg = model.cfg
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
     full: dict[str, tuple[torch.Tensor, int | None]] = {
         "tok_embeddings.weight": (model.embed.weight, embed_axis),
         "norm.weight": (model.ln_final.weight, None),
-        "output.weight": (model.unembed.weight, 0),
     }
+    if not cfg.tie_word_embeddings:
+        full["output.weight"] = (model.unembed.weight, 0)
     for l, block in enumerate(model.blocks):
         full |= {
             f"layers.{l}.attention_norm.weight": (block.ln1.weight, None),
-            f"layers.{l}.attention.wq.weight": (hf_to_meta_qk(block.attn.q_proj.weight, H), 0),
-            f"layers.{l}.attention.wk.weight": (hf_to_meta_qk(block.attn.k_proj.weight, K), 0),
+            f"layers.{l}.attention.wq.weight": (hf_rows_to_meta(block.attn.q_proj.weight, H), 0),
+            f"layers.{l}.attention.wk.weight": (hf_rows_to_meta(block.attn.k_proj.weight, K), 0),
             f"layers.{l}.attention.wv.weight": (block.attn.v_proj.weight, 0),
             f"layers.{l}.attention.wo.weight": (block.attn.o_proj.weight, 1),
             f"layers.{l}.ffn_norm.weight": (block.ln2.weight, None),
@@ -234,10 +248,12 @@ def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, emb
         }
     directory.mkdir(exist_ok=True)
     for shard in range(n_shards):
-        part = {
-            name: (w if axis is None else w.chunk(n_shards, dim=axis)[shard]).clone()
-            for name, (w, axis) in full.items()
-        }
+        part = {}
+        for name, (w, axis) in full.items():
+            if axis is not None:
+                assert w.shape[axis] % n_shards == 0, f"{name} {list(w.shape)} does not split {n_shards} ways"
+                w = w.chunk(n_shards, dim=axis)[shard]
+            part[name] = w.clone()
         torch.save(part, directory / f"consolidated.{shard:02d}.pth")
     params = dict(
         dim=cfg.hidden_size,
@@ -251,30 +267,68 @@ def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, emb
         rope_theta=cfg.rope_theta,
         max_seq_len=cfg.max_position_embeddings,
     )
+    if use_scaled_rope:
+        params["use_scaled_rope"] = True
     (directory / "params.json").write_text(json.dumps(params))
+
+
+def _meta_twin(**overrides) -> LlamaModel:  # noqa: ANN003
+    """A tiny model whose MLP width is what Meta's FeedForward derives from dim 64, multiple_of 16."""
+    shape = dict(vocab_size=LLAMA3_VOCAB, intermediate_size=meta_ffn_hidden_dim(64, 16, None))
+    return tiny_model(seed=9, **{**shape, "num_attention_heads": 4, "num_key_value_heads": 2, **overrides})
+
+
+def _assert_same_model(loaded: LlamaModel, model: LlamaModel) -> None:
+    assert loaded.cfg.tie_word_embeddings == model.cfg.tie_word_embeddings
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    tokens = torch.tensor([[128000, 9906, 11, 1917, 0, 128009]])
+    torch.testing.assert_close(logits_of(loaded, tokens), logits_of(model, tokens), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("embed_axis", [0, 1], ids=["llama3-vocab-parallel", "llama2-dim-parallel"])
 def test_meta_checkpoint_in_two_shards_matches_its_hf_twin(tmp_path, embed_axis):
     from llama3_lab.assets import asset_path
 
-    intermediate = meta_ffn_hidden_dim(64, 16, None)  # 176, as Meta's FeedForward derives it
-    model = tiny_model(
-        seed=9,
-        vocab_size=LLAMA3_VOCAB,
-        intermediate_size=intermediate,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    model = _meta_twin()
     write_meta_checkpoint(model, tmp_path / "meta", n_shards=2, embed_axis=embed_axis)
     shutil.copy(asset_path("llama3/tokenizer.model"), tmp_path / "meta" / "tokenizer.model")
     loaded = load_model(tmp_path / "meta", device="cpu", progress=False)
-    assert loaded.cfg.intermediate_size == intermediate and not loaded.cfg.tie_word_embeddings
-    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
-        assert torch.equal(p, q), name
-    tokens = torch.tensor([[128000, 9906, 11, 1917, 0, 128009]])
-    torch.testing.assert_close(logits_of(loaded, tokens), logits_of(model, tokens), rtol=0, atol=0)
+    assert loaded.cfg.intermediate_size == 176 and not loaded.cfg.tie_word_embeddings
+    _assert_same_model(loaded, model)
     assert loaded.tokenizer.encode("user") == [882]
+
+
+@pytest.mark.parametrize(
+    "n_shards, kv_heads, tied",
+    [(4, 2, False), (4, 1, False), (2, 2, True), (8, 2, True)],
+    ids=["4-shards", "1-kv-head-in-4-shards", "tied", "tied-8-shards-2-kv-heads"],
+)
+def test_meta_checkpoint_shards_kv_heads_and_tying(tmp_path, n_shards, kv_heads, tied):
+    model = _meta_twin(num_key_value_heads=kv_heads, tie_word_embeddings=tied)
+    write_meta_checkpoint(model, tmp_path, n_shards=n_shards, embed_axis=0)
+    assert ("output.weight" in torch.load(tmp_path / "consolidated.00.pth")) is not tied
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shards say whether it is tied: nothing is guessed
+        loaded = load_model(tmp_path, device="cpu", progress=False)
+        assert LlamaConfig.from_pretrained(tmp_path).tie_word_embeddings is tied  # load_config reads them too
+    _assert_same_model(loaded, model)
+    assert (loaded.unembed.weight is loaded.embed.weight) is tied
+
+
+def test_meta_checkpoint_with_scaled_rope_and_an_output_matrix_is_llama31_style(tmp_path):
+    """A small use_scaled_rope checkpoint that holds output.weight: untied, factor 8 (not 3.2's 32)."""
+    write_meta_checkpoint(_meta_twin(), tmp_path, n_shards=2, embed_axis=0, use_scaled_rope=True)
+    with pytest.warns(UserWarning, match=r"assuming 8 \(dim 64, 2 layers: Llama 3.1's"):
+        loaded = load_model(tmp_path, device="cpu", progress=False)
+    assert loaded.cfg.rope_scaling == LLAMA31_ROPE_SCALING and not loaded.cfg.tie_word_embeddings
+    # Only the exact Llama 3.2 shapes get factor 32 (and, without shards to read, tied embeddings).
+    for dim, layers, factor in [(2048, 16, 32.0), (3072, 28, 32.0), (2048, 24, 8.0), (3072, 16, 8.0)]:
+        params = {**LLAMA32_1B_PARAMS, "dim": dim, "n_layers": layers}
+        with pytest.warns(UserWarning, match=f"assuming {factor:g} "):
+            c = LlamaConfig.from_params(params)
+        assert c.rope_scaling["factor"] == factor and c.tie_word_embeddings is (factor == 32.0)
+        assert LlamaConfig.from_params(params, rope_scaling_factor=4).rope_scaling["factor"] == 4.0
 
 
 def test_meta_checkpoint_errors(tmp_path):

@@ -110,9 +110,9 @@ def load_config(name_or_path: str | Path) -> LlamaConfig:
     if checkpoint.format == "hf":
         return LlamaConfig.from_json(checkpoint.path / "config.json")
     if checkpoint.format == "meta":
-        from .meta_params import config_from_params_json
+        from .meta import meta_config
 
-        return config_from_params_json(checkpoint.path / "params.json")
+        return meta_config(checkpoint.path)
     from .gguf_config import config_from_gguf
 
     if checkpoint.format == "named":
