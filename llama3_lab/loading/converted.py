@@ -134,7 +134,6 @@ def converted_model_dir(name: str, progress: bool = True) -> Path:
 def _convert(name: str, gguf_path: Path, target: Path, progress: bool) -> dict[str, Any]:
     import torch
 
-    from ..assets import sha256_file
     from .gguf import load_gguf
     from .hf import save_hf
 
@@ -148,9 +147,7 @@ def _convert(name: str, gguf_path: Path, target: Path, progress: bool) -> dict[s
     try:
         save_hf(model, staging)
         del model
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        stamp = {**_expected_stamp(name), "files": files}
-        (staging / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+        stamp = write_stamp(staging, name)
         if target.exists():  # a stale or broken one: moved aside first, so the swap is two renames
             os.replace(target, aside)
         try:
@@ -165,6 +162,16 @@ def _convert(name: str, gguf_path: Path, target: Path, progress: bool) -> dict[s
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+    return stamp
+
+
+def write_stamp(directory: Path, name: str) -> dict[str, Any]:
+    """Record in ``directory/conversion.json`` what made it and the sha256 of each file in it."""
+    from ..assets import sha256_file
+
+    files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != STAMP}
+    stamp = {**_expected_stamp(name), "files": files}
+    (directory / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return stamp
 
 
