@@ -25,9 +25,9 @@ from llama3_lab.assets import asset_path
 from llama3_lab.config import ConfigError, LlamaConfig
 from llama3_lab.generation import GenerationError, generate_tokens, sample_next
 from llama3_lab.hook_points import HookNameError
-from llama3_lab.memory import MemoryBudgetError
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
+from llama3_lab.memory import MemoryBudgetError
 from llama3_lab.session import Session
 
 MODEL = tiny_model(seed=11)
@@ -227,6 +227,54 @@ def unknown_asset(scratch: Path) -> Any:
     return asset_path("llama3/params.json")
 
 
+# -- trust on the loading side: corrupt converted models, non-finite and integer weights ----------------
+
+
+def converted_model_corrupt(scratch: Path) -> Any:
+    """The embedded model's converted cache with one weight bit flipped (a tiny stand-in, stamped)."""
+    import os
+
+    from llama3_lab.loading.converted import write_stamp
+
+    home = scratch / "home"
+    home.mkdir()
+    (home / "smollm2-135m-instruct.gguf").symlink_to(asset_path("smollm2-135m-instruct.gguf"))
+    directory = home / "models" / "smollm2-135m-instruct"
+    MODEL.save_pretrained(directory)
+    write_stamp(directory, "smollm2-135m-instruct")
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 0x01  # the last float32's lowest mantissa bit: still finite, nearly the same
+    weights.write_bytes(bytes(data))
+    previous = os.environ.get("LLAMA3_LAB_HOME")
+    os.environ["LLAMA3_LAB_HOME"] = str(home)
+    try:
+        return load_model("smollm2-135m-instruct", device="cpu", progress=False)
+    finally:
+        if previous is None:
+            del os.environ["LLAMA3_LAB_HOME"]
+        else:
+            os.environ["LLAMA3_LAB_HOME"] = previous
+
+
+def nan_weight(scratch: Path) -> Any:
+    def edit(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+
+    return _load(_edit_tensors(_saved(scratch), edit))
+
+
+def integer_weight(scratch: Path) -> Any:
+    def edit(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.int32)
+
+    return _load(_edit_tensors(_saved(scratch), edit))
+
+
+def integer_dtype_argument(scratch: Path) -> Any:
+    return load_model(_saved(scratch), device="cpu", dtype=torch.int32, progress=False)
+
+
 @dataclass(frozen=True)
 class Case:
     provoke: Callable[[Path], Any]
@@ -289,6 +337,31 @@ CASES = [
     Case(empty_prompt, GenerationError, r"the prompt is empty", r"bos_id"),
     Case(rewind_past_the_prompt, GenerationError, r"can rewind between 0 and 2", r"new session"),
     Case(unknown_asset, KeyError, r"Unknown asset 'llama3/params\.json'", r"known assets are"),
+    # -- trust on the loading side: corrupt converted models, non-finite and integer weights
+    Case(
+        converted_model_corrupt,
+        LoadError,
+        r"smollm2-135m-instruct/model\.safetensors has sha256 \w+ where \w+ was recorded",
+        r"llama3-lab fetch --repair",
+    ),
+    Case(
+        nan_weight,
+        LoadError,
+        r"model\.layers\.1\.mlp\.down_proj\.weight: 1 of 7,168 values .* NaN or infinite",
+        r"allow_nonfinite=True",
+    ),
+    Case(
+        integer_weight,
+        LoadError,
+        r"model\.norm\.weight: dtype int32 where the floating-point weight ln_final\.weight belongs",
+        r"load a floating-point \(bf16/fp16/fp32\) copy",
+    ),
+    Case(
+        integer_dtype_argument,
+        ValueError,
+        r"load_model\(dtype=torch\.int32\): weights must be stored in a floating-point dtype",
+        r"torch\.float32, torch\.bfloat16, torch\.float16",
+    ),
 ]
 
 
