@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ __all__ = [
     "SUPPORTED_ROPE_TYPES",
     "ConfigError",
     "ConfigNotFoundError",
+    "HF_CONFIG_DEFAULTS",
     "LlamaConfig",
     "dtype_bytes",
     "meta_ffn_hidden_dim",
@@ -91,6 +93,46 @@ def meta_ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | 
     if ffn_dim_multiplier is not None:
         hidden = int(ffn_dim_multiplier * hidden)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a Hugging Face config.json means when it leaves a field out
+
+#: transformers' ``LlamaConfig.__init__`` defaults for the fields LlamaConfig models (Llama 1's, not Llama
+#: 3's: rope_theta 10000, rms_norm_eps 1e-6): what transformers loads when a ``config.json`` leaves one
+#: out, so what :meth:`LlamaConfig.from_dict` fills in. ``num_key_value_heads`` defaults to
+#: ``num_attention_heads`` and ``head_dim`` to hidden_size / heads. tests/test_config.py compares this
+#: table with the installed transformers.
+HF_CONFIG_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 32000,
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": None,
+    "head_dim": None,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "rope_scaling": None,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "initializer_range": 0.02,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "torch_dtype": None,
+    "model_type": "llama",
+}
+#: Fields whose default means "absent" or "derived" (no bias, no scaling, heads = query heads...): left
+#: out by many real configs, so filling them in is not worth a warning. Every other default is named.
+_QUIET_DEFAULTS = frozenset(
+    {
+        "num_key_value_heads", "head_dim", "rope_scaling", "tie_word_embeddings", "attention_bias",
+        "mlp_bias", "initializer_range", "hidden_act", "torch_dtype", "model_type",
+    }
+)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -181,9 +223,11 @@ class LlamaConfig:
     def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
         """A config from a Hugging Face ``config.json`` dictionary; unknown keys go to ``extra``.
 
-        Absent keys take the Llama 3 8B defaults, except ``num_key_value_heads`` which, as in transformers,
-        defaults to ``num_attention_heads`` (plain multi-head attention). The transformers 5 spelling
-        ``rope_parameters`` (theta and scaling in one dict) and ``dtype`` are understood too.
+        Absent keys mean what they mean to transformers, whose format this is: its ``LlamaConfig``
+        defaults (:data:`HF_CONFIG_DEFAULTS`: rope_theta 10000 and rms_norm_eps 1e-6, not Llama 3's
+        500000 and 1e-5), with ``num_key_value_heads`` defaulting to ``num_attention_heads`` (plain
+        multi-head attention). A warning names every default that changes the numbers. The transformers
+        5 spelling ``rope_parameters`` (theta and scaling in one dict) and ``dtype`` are understood too.
         """
         if not isinstance(d, dict):
             raise ConfigError(f"A config must be a dict (a parsed config.json), got {type(d).__name__}.")
@@ -204,8 +248,19 @@ class LlamaConfig:
             d["rope_parameters"] = rope_parameters  # not understood: keep it visible in extra
         if "dtype" in d and "torch_dtype" not in d:
             d["torch_dtype"] = d.pop("dtype")
-        if "num_key_value_heads" not in d or d["num_key_value_heads"] is None:
-            d["num_key_value_heads"] = d.get("num_attention_heads", cls.num_attention_heads)
+        applied = {k: v for k, v in HF_CONFIG_DEFAULTS.items() if k not in d}
+        d = {**applied, **d}
+        if d["num_key_value_heads"] is None:
+            d["num_key_value_heads"] = d["num_attention_heads"]
+        loud = {k: v for k, v in applied.items() if k not in _QUIET_DEFAULTS}
+        if loud:
+            warnings.warn(
+                f"This config.json leaves out {', '.join(loud)}: using transformers' LlamaConfig defaults "
+                f"({', '.join(f'{k}={v!r}' for k, v in loud.items())}), as transformers would. If the model "
+                "was trained with other values (Llama 3: rope_theta=500000.0, rms_norm_eps=1e-05), write "
+                "them into its config.json.",
+                stacklevel=2,
+            )
         known = {f.name for f in fields(cls) if f.init} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in known}
         extra = {k: v for k, v in d.items() if k not in known}

@@ -344,31 +344,79 @@ _TOKENIZER_KEYS = (
 )
 
 
-def read_gguf_tokenizer_fields(path: str | os.PathLike) -> dict[str, Any]:
+#: Bump when the sidecar's content changes (other keys, another encoding): older sidecars are then ignored.
+GGUF_SIDECAR_FORMAT = 2
+
+
+def gguf_sidecar_path(sha256: str) -> Path:
+    """Where the tokenizer sidecar of the GGUF file with content ``sha256`` lives in the cache."""
+    from .assets import cache_dir
+
+    return cache_dir() / "tokenizers" / f"gguf-{sha256[:32]}-v{GGUF_SIDECAR_FORMAT}.json"
+
+
+def _read_sidecar(sidecar: Path, sha256: str) -> dict[str, Any] | None:
+    """The fields in ``sidecar`` if it is readable and says it was made from ``sha256`` in this format."""
+    import json
+
+    try:
+        stored = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("format") != GGUF_SIDECAR_FORMAT:
+        return None
+    if stored.get("gguf_sha256") != sha256 or not isinstance(stored.get("fields"), dict):
+        return None
+    return stored["fields"]
+
+
+def _write_sidecar(sidecar: Path, sha256: str, fields: dict[str, Any]) -> None:
+    import json
+
+    from .assets import write_atomic
+
+    stored = {"format": GGUF_SIDECAR_FORMAT, "gguf_sha256": sha256, "fields": fields}
+    try:
+        write_atomic(sidecar, json.dumps(stored, ensure_ascii=False).encode("utf-8"))
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def read_gguf_tokenizer_fields(path: str | os.PathLike, sha256: str | None = None) -> dict[str, Any]:
     """The tokenizer metadata of a GGUF file, read once and then served from a JSON sidecar in the cache.
 
     ``GGUFReader`` parses every metadata field (~2 s for SmolLM2's 98k token and merge strings); the
-    sidecar (keyed by the file's size and mtime, written atomically) loads in tens of milliseconds.
+    sidecar loads in tens of milliseconds. It is keyed by the GGUF's content (its sha256: ~55 ms to hash
+    SmolLM2's 98 MB, skipped when the caller passes ``sha256``, e.g. a pinned asset already verified)
+    and :data:`GGUF_SIDECAR_FORMAT`, never by size and mtime, which an edit in place can keep.
     """
-    import json
-
-    from .assets import cache_dir, write_atomic
+    from .assets import sha256_file
 
     path = Path(path)
-    stat = path.stat()
-    sidecar = cache_dir() / "tokenizers" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}.json"
-    if sidecar.is_file():
-        try:
-            return json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass  # unreadable sidecar: read the GGUF again and rewrite it
-    fields = GGUFMetadata(path).read(_TOKENIZER_KEYS)
-    fields["path"] = str(path)
-    try:
-        write_atomic(sidecar, json.dumps(fields, ensure_ascii=False).encode("utf-8"))
-    except OSError:
-        pass  # a read-only cache only costs speed
-    return fields
+    sha256 = sha256 or sha256_file(path)
+    sidecar = gguf_sidecar_path(sha256)
+    fields = _read_sidecar(sidecar, sha256)
+    if fields is None:
+        fields = GGUFMetadata(path).read(_TOKENIZER_KEYS)
+        _write_sidecar(sidecar, sha256, fields)
+    return {**fields, "path": str(path)}
+
+
+def repair_gguf_sidecar(path: str | os.PathLike, sha256: str) -> str | None:
+    """Compare the sidecar of the GGUF at ``path`` (content ``sha256``) with a fresh read; rewrite it if
+    it differs. None when it was right, else what was wrong (what ``loading.repair`` reports)."""
+    path = Path(path)
+    sidecar = gguf_sidecar_path(sha256)
+    stored = _read_sidecar(sidecar, sha256)
+    fresh = GGUFMetadata(path).read(_TOKENIZER_KEYS)
+    if stored == fresh:
+        return None
+    if stored is not None:
+        problem = "its fields differ from the GGUF's"
+    else:
+        problem = "unreadable or of another format" if sidecar.is_file() else "missing"
+    _write_sidecar(sidecar, sha256, fresh)
+    return problem
 
 
 class GGUFByteBPETokenizer(Tokenizer):
@@ -537,12 +585,13 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     use) or from a path: a ``.gguf`` file, a Llama 3 ``tokenizer.model``, or a folder holding one
     (a Meta checkpoint folder, or a Hugging Face repo's ``original/``)."""
     if isinstance(name_or_path, str) and name_or_path in _NAMED:
-        from .assets import asset_path
+        from .assets import ASSETS, asset_path
 
         path = asset_path(_NAMED[name_or_path])
         if name_or_path == "llama3":
             return Llama3Tokenizer(path, name="llama3")
-        return GGUFByteBPETokenizer(path, name=name_or_path)
+        fields = read_gguf_tokenizer_fields(path, ASSETS[_NAMED[name_or_path]].sha256)  # verified: no rehash
+        return GGUFByteBPETokenizer(fields, name=name_or_path)
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():

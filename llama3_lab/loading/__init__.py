@@ -14,24 +14,29 @@ module is imported when it is used.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ..config import ConfigNotFoundError, LlamaConfig, is_meta_params, read_json
-from .errors import LoadError
+from .converted import NAMED_MODELS, converted_model_dir, repair
+from .errors import ChecksumError, LoadError
 
 if TYPE_CHECKING:
     import torch
 
     from ..model import LlamaModel
 
-__all__ = ["LoadError", "load_model", "load_config", "find_checkpoint", "converted_model_dir", "NAMED_MODELS"]
-
-#: Named models: name → (asset holding the weights, tokenizer name).
-NAMED_MODELS = {"smollm2-135m-instruct": ("smollm2-135m-instruct.gguf", "smollm2-135m-instruct")}
+__all__ = [
+    "ChecksumError",
+    "LoadError",
+    "load_model",
+    "load_config",
+    "find_checkpoint",
+    "converted_model_dir",
+    "repair",
+    "NAMED_MODELS",
+]
 LLAMA3_VOCAB_SIZE = 128256
 
 
@@ -105,9 +110,9 @@ def load_config(name_or_path: str | Path) -> LlamaConfig:
     if checkpoint.format == "hf":
         return LlamaConfig.from_json(checkpoint.path / "config.json")
     if checkpoint.format == "meta":
-        from .meta_params import config_from_params_json
+        from .meta import meta_config
 
-        return config_from_params_json(checkpoint.path / "params.json")
+        return meta_config(checkpoint.path)
     from .gguf_config import config_from_gguf
 
     if checkpoint.format == "named":
@@ -126,6 +131,7 @@ def load_model(
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
+    allow_nonfinite: bool = False,
 ) -> LlamaModel:
     """Load a Llama model with its tokenizer (``model.tokenizer``).
 
@@ -138,15 +144,19 @@ def load_model(
     ``"hook_embed"``; devices a GPU index, ``"cpu"`` or ``"disk"``). Disk needs ``offload_folder``. The plan
     is printed (``progress``) and kept as ``model.placement``; weights are streamed in once. See
     ``llama3_lab.placement``.
+
+    Every tensor is checked as it arrives: an integer or bool tensor where a float weight belongs, or one
+    holding NaN or ±inf, raises :class:`LoadError` naming the tensor and the file. To study a broken
+    checkpoint on purpose, ``allow_nonfinite=True`` loads NaN/inf weights as they are. The embedded
+    model's converted files are verified by their sha256 as they are read (:class:`ChecksumError`;
+    ``llama3-lab fetch --repair`` rebuilds them).
     """
     import torch
 
     from ..model import default_device, default_dtype
 
     device = torch.device(device) if device is not None else default_device()
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."))
-    dtype = dtype or default_dtype(device)
+    dtype = _weight_dtype(dtype) or default_dtype(device)
     placement = None
     if device_map is not None:
         from ..placement import PlacementRequest
@@ -156,26 +166,50 @@ def load_model(
         raise ValueError("max_memory and offload_folder place a model over devices: pass device_map too.")
 
     checkpoint = find_checkpoint(name_or_path)
+    options = dict(progress=progress, placement=placement, allow_nonfinite=allow_nonfinite)
     if checkpoint.format == "named":
+        from .converted import converted_model
         from .hf import load_hf_dir
 
-        directory = converted_model_dir(checkpoint.path, progress=progress)
-        model = load_hf_dir(directory, device, dtype, progress=progress, placement=placement)
+        directory, sha256 = converted_model(checkpoint.path, progress=progress)
+        model = load_hf_dir(directory, device, dtype, sha256=sha256, **options)
         model.set_tokenizer_loader(_named_tokenizer(NAMED_MODELS[checkpoint.path][1]))
         return model
     if checkpoint.format == "gguf":
         from .gguf import load_gguf
 
-        return load_gguf(checkpoint.path, device, dtype, progress=progress, placement=placement)
+        return load_gguf(checkpoint.path, device, dtype, **options)
     if checkpoint.format == "hf":
         from .hf import load_hf_dir
 
-        model = load_hf_dir(checkpoint.path, device, dtype, progress=progress, placement=placement)
+        model = load_hf_dir(checkpoint.path, device, dtype, **options)
         _attach_hf_tokenizer(model, checkpoint.path)
         return model
     from .meta import load_meta_dir
 
-    return load_meta_dir(checkpoint.path, device, dtype, progress=progress, placement=placement)
+    return load_meta_dir(checkpoint.path, device, dtype, **options)
+
+
+#: The dtypes weights can be loaded in (the forward computes in them).
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def _weight_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``load_model``'s ``dtype`` argument as a torch dtype; anything but a float weight dtype is refused
+    (``torch.int32`` would truncate every weight to an integer, most of them to 0)."""
+    import torch
+
+    if dtype is None:
+        return None
+    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or str(resolved).removeprefix("torch.") not in WEIGHT_DTYPES:
+        allowed = ", ".join(f"torch.{name}" for name in WEIGHT_DTYPES)
+        raise ValueError(
+            f"load_model(dtype={dtype!r}): weights must be stored in a floating-point dtype, one of "
+            f"{allowed} (or their names, e.g. 'bfloat16'); pass one of those, or None for the default "
+            "(bfloat16 on CUDA, float32 on CPU)."
+        )
+    return resolved
 
 
 def _named_tokenizer(name: str):  # noqa: ANN202 - a zero-argument loader
@@ -207,40 +241,3 @@ def _attach_hf_tokenizer(model: LlamaModel, directory: Path) -> None:
         "model.tokenizer is None; set it with model.tokenizer = load_tokenizer(...).",
         stacklevel=3,
     )
-
-
-def converted_model_dir(name: str, progress: bool = True) -> Path:
-    """The cached Hugging Face directory of a named model, converting its GGUF asset on first use.
-
-    The conversion (dequantize, un-permute q/k, rename) runs once; its ``config.json`` and
-    ``model.safetensors`` are written into a temporary directory renamed into place, so a crash never
-    leaves a half-converted model behind.
-    """
-    import torch
-
-    from ..assets import asset_path, cache_dir
-    from .gguf import load_gguf
-    from .hf import save_hf
-
-    target = cache_dir() / "models" / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    gguf_path = asset_path(NAMED_MODELS[name][0])
-    model = load_gguf(gguf_path, torch.device("cpu"), torch.float32, progress=progress, tokenizer=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
-    try:
-        save_hf(model, staging)
-        del model
-        if target.exists():  # an incomplete earlier attempt
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished the same conversion first
-            if not (target / "model.safetensors").is_file():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target

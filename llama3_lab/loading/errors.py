@@ -3,3 +3,7 @@
 
 class LoadError(ValueError):
     """Weights that do not fit the model: the message names the file, the tensor and the fix."""
+
+
+class ChecksumError(LoadError):
+    """A file whose bytes differ from the sha256 recorded when it was written (corrupted or edited)."""

@@ -87,6 +87,7 @@ def load_gguf(
     progress: bool = True,
     tokenizer: bool = True,
     placement: Any = None,
+    allow_nonfinite: bool = False,
 ) -> Any:
     """A model from a GGUF file, dequantized to ``dtype`` (with the file's own tokenizer if ``tokenizer``)."""
     try:
@@ -108,4 +109,5 @@ def load_gguf(
         progress=progress,
         tokenizer=tok,
         placement=placement,
+        allow_nonfinite=allow_nonfinite,
     )

@@ -7,10 +7,13 @@ rotate_half layout this model uses, so nothing is permuted here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -19,7 +22,7 @@ from safetensors.torch import save_file
 
 from ..assets import atomic_path
 from ..config import LlamaConfig
-from .errors import LoadError
+from .errors import ChecksumError, LoadError
 from .fill import fill_model
 
 if TYPE_CHECKING:
@@ -150,8 +153,11 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def _safetensors_header(file: Path, f: BinaryIO) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the offset where tensor data starts."""
+def _safetensors_header(file: Path, f: BinaryIO, digest: _BackgroundHash | None = None) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the offset where tensor data starts.
+
+    ``digest`` (a ``hashlib`` object), when given, is fed the bytes read.
+    """
     size = file.stat().st_size
     prefix = f.read(8)
     header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
@@ -160,8 +166,12 @@ def _safetensors_header(file: Path, f: BinaryIO) -> tuple[dict, int]:
             f"{file} is not a readable safetensors file (truncated or corrupt?): bad header length. "
             + _REFETCH
         )
+    raw = f.read(header_len)
+    if digest is not None:
+        digest.update(prefix)
+        digest.update(raw)
     try:
-        header = json.loads(f.read(header_len))
+        header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LoadError(
             f"{file} is not a readable safetensors file (truncated or corrupt?): {e}. {_REFETCH}"
@@ -170,37 +180,92 @@ def _safetensors_header(file: Path, f: BinaryIO) -> tuple[dict, int]:
     return header, 8 + header_len
 
 
-def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path]]:
+class _BackgroundHash:
+    """sha256 of the byte strings given to :meth:`update`, computed on a worker thread while the caller
+    goes on (hashlib releases the GIL): the loader converts one tensor while the previous is hashed.
+    At most ``depth`` buffers wait, so the pending bytes never grow into another copy of the weights."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.digest = hashlib.sha256()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self.pending: deque[Future] = deque()
+        self.depth = depth
+
+    def update(self, data: bytes | bytearray) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.digest.update, data))
+
+    def hexdigest(self) -> str:
+        while self.pending:
+            self.pending.popleft().result()
+        self.pool.shutdown()
+        return self.digest.hexdigest()
+
+
+def iter_safetensors(
+    files: list[Path], sha256: dict[str, str] | None = None
+) -> Iterator[tuple[str, torch.Tensor, Path]]:
     """(name, tensor, file) for every tensor, read one at a time with plain reads.
 
     Plain reads rather than a memory map: the caller converts each tensor (dtype, device, layout) and
     drops it, so at most one file tensor is alive beside the model, and the file's pages never count
     as the process's memory.
+
+    ``sha256`` maps file names to the digest they must have (recorded when the file was written, e.g.
+    by the conversion of an embedded model): those files are hashed as they are read, every byte once,
+    on a worker thread, and a file whose digest differs raises :class:`ChecksumError` after its last
+    tensor, before the model can be used.
     """
     for file in files:
-        with open(file, "rb") as f:
-            header, data_start = _safetensors_header(file, f)
-            size = file.stat().st_size
-            for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-                begin, end = info["data_offsets"]
-                dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-                if dtype is None:
-                    raise LoadError(
-                        f"{file.name}:{name} has dtype {info['dtype']}, which llama3-lab does not read."
-                    )
-                shape = tuple(info["shape"])
-                expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-                if end - begin != expected or data_start + end > size:
-                    raise LoadError(
-                        f"{file} is truncated or corrupt: tensor {name} needs bytes {begin}..{end} of the "
-                        f"data ({expected} for {info['dtype']} {list(shape)}); the file holds "
-                        f"{size - data_start}. {_REFETCH}"
-                    )
-                f.seek(data_start + begin)
-                buffer = bytearray(end - begin)
-                f.readinto(buffer)
-                tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
-                yield name, tensor.reshape(shape), file
+        expected = (sha256 or {}).get(file.name)
+        digest = _BackgroundHash() if expected is not None else None
+        try:
+            yield from _read_safetensors(file, digest)
+        finally:
+            found = digest.hexdigest() if digest is not None else None
+        if found != expected:
+            raise ChecksumError(
+                f"{file} has sha256 {found} where {expected} was recorded when it was written: its bytes "
+                f"changed since (corrupted on disk or edited), so its weights cannot be trusted. {_REFETCH}"
+            )
+
+
+def _read_safetensors(file: Path, digest: _BackgroundHash | None) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """The tensors of one file in the order of their bytes; ``digest``, if given, is fed every byte."""
+    with open(file, "rb") as f:
+        header, data_start = _safetensors_header(file, f, digest)
+        size = file.stat().st_size
+        position = data_start  # where the next read starts: gaps between tensors are hashed too
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            begin, end = info["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise LoadError(
+                    f"{file.name}:{name} has dtype {info['dtype']}, which llama3-lab does not read."
+                )
+            shape = tuple(info["shape"])
+            expected_bytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != expected_bytes or data_start + end > size:
+                raise LoadError(
+                    f"{file} is truncated or corrupt: tensor {name} needs bytes {begin}..{end} of the "
+                    f"data ({expected_bytes} for {info['dtype']} {list(shape)}); the file holds "
+                    f"{size - data_start}. {_REFETCH}"
+                )
+            if digest is not None and data_start + begin > position:
+                digest.update(f.read(data_start + begin - position))
+            f.seek(data_start + begin)
+            buffer = bytearray(end - begin)
+            f.readinto(buffer)
+            position = data_start + end
+            if digest is not None:
+                digest.update(buffer)
+            tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield name, tensor.reshape(shape), file
+        if digest is not None:
+            f.seek(position)
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
 
 
 def load_hf_dir(
@@ -209,8 +274,13 @@ def load_hf_dir(
     dtype: torch.dtype,
     progress: bool = True,
     placement: Any = None,
+    allow_nonfinite: bool = False,
+    sha256: dict[str, str] | None = None,
 ) -> LlamaModel:
-    """Build a model from a Hugging Face directory, filling it tensor by tensor (one copy of the weights)."""
+    """Build a model from a Hugging Face directory, filling it tensor by tensor (one copy of the weights).
+
+    ``sha256``: the digest each named weight file must have, checked while reading (``iter_safetensors``).
+    """
     directory = Path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -219,9 +289,16 @@ def load_hf_dir(
     files = safetensors_files(directory)
 
     def tensors() -> Iterator[tuple[str, torch.Tensor, str]]:
-        for hf, tensor, file in iter_safetensors(files):
+        for hf, tensor, file in iter_safetensors(files, sha256):
             yield (our_name(hf) or hf), tensor, f"{file.name}:{hf}"
 
     return fill_model(
-        cfg, tensors(), device, dtype, source=str(directory), progress=progress, placement=placement
+        cfg,
+        tensors(),
+        device,
+        dtype,
+        source=str(directory),
+        progress=progress,
+        placement=placement,
+        allow_nonfinite=allow_nonfinite,
     )

@@ -66,6 +66,18 @@ def shard_files(directory: Path) -> list[Path]:
     return files
 
 
+def meta_config(directory: Path, files: list[Path] | None = None) -> LlamaConfig:
+    """The config of a Meta checkpoint: ``params.json``, with the tying read from the shards.
+
+    params.json does not say whether the output matrix is tied; the checkpoint does: tied exactly when
+    its shards hold no ``output.weight`` (opening a shard reads only its index: it is memory-mapped).
+    A params.json without shards (``load_config`` on a bare file) leaves the tying to a guess that warns.
+    """
+    files = sorted(directory.glob("consolidated.*.pth")) if files is None else files
+    tied = "output.weight" not in _open_shard(files[0]) if files else None
+    return config_from_params_json(directory / "params.json", tie_word_embeddings=tied)
+
+
 def _open_shard(path: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -129,16 +141,14 @@ def load_meta_dir(
     dtype: torch.dtype,
     progress: bool = True,
     placement: Any = None,
+    allow_nonfinite: bool = False,
 ) -> Any:
     """A model from a Meta checkpoint directory (with the tokenizer from ``tokenizer.model`` if present)."""
     from ..model import LlamaModel
 
     directory = Path(directory)
     files = shard_files(directory)
-    first = _open_shard(files[0])
-    tied = "output.weight" not in first  # params.json does not say; the checkpoint does
-    del first
-    cfg = config_from_params_json(directory / "params.json", tie_word_embeddings=tied)
+    cfg = meta_config(directory, files)
     shapes = {name: tuple(p.shape) for name, p in LlamaModel(cfg, device="meta").named_parameters()}
     tokenizer = None
     if (directory / "tokenizer.model").is_file():
@@ -154,4 +164,5 @@ def load_meta_dir(
         progress=progress,
         tokenizer=tokenizer,
         placement=placement,
+        allow_nonfinite=allow_nonfinite,
     )
