@@ -24,9 +24,10 @@ from safetensors.torch import load_file, save_file
 from llama3_lab.assets import asset_path
 from llama3_lab.config import ConfigError, LlamaConfig
 from llama3_lab.generation import GenerationError, generate_tokens, sample_next
-from llama3_lab.hooks import HookNameError, MemoryBudgetError
+from llama3_lab.hook_points import HookNameError
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
+from llama3_lab.memory import MemoryBudgetError
 from llama3_lab.session import Session
 
 MODEL = tiny_model(seed=11)
@@ -234,6 +235,30 @@ class Case:
     fix: str  # a regex the message must match: what to do
 
 
+# -- ragged batches and padding (task h5) --
+
+
+def float_token_id_list(scratch: Path) -> Any:
+    return MODEL.run_with_hooks([1.5, 5.0])
+
+
+def mask_of_the_wrong_shape(scratch: Path) -> Any:
+    return MODEL(torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3, dtype=torch.bool))
+
+
+def row_all_padding(scratch: Path) -> Any:
+    return MODEL(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 0], [0, 0, 0]]))
+
+
+def text_mixed_with_ids(scratch: Path) -> Any:
+    return MODEL.run_with_cache(["The cat", [1, 2, 3]])
+
+
+def pad_position_read_as_last(scratch: Path) -> Any:
+    _, cache = MODEL.run_with_cache([[1, 2], [3, 4, 5]], names_filter="blocks.0.hook_resid_post")
+    return cache.at("blocks.0.hook_resid_post", -1)
+
+
 CASES = [
     Case(hf_no_weights, FileNotFoundError, r"no model\.safetensors", r"found: config\.json"),
     Case(hf_pickled_bin_only, FileNotFoundError, r"no model\.safetensors", r"pytorch_model\.bin"),
@@ -288,6 +313,24 @@ CASES = [
     Case(empty_prompt, GenerationError, r"the prompt is empty", r"bos_id"),
     Case(rewind_past_the_prompt, GenerationError, r"can rewind between 0 and 2", r"new session"),
     Case(unknown_asset, KeyError, r"Unknown asset 'llama3/params\.json'", r"known assets are"),
+    # -- ragged batches and padding (task h5) --
+    Case(float_token_id_list, TypeError, r"integer tensor.*float32", r"list of ints"),
+    Case(
+        mask_of_the_wrong_shape,
+        ValueError,
+        r"attention_mask has shape \(2, 3\).*\(2, 4\)",
+        r"one entry per token",
+    ),
+    Case(
+        row_all_padding, ValueError, r"rows \[1\] of the attention mask are all padding", r"Drop those rows"
+    ),
+    Case(
+        text_mixed_with_ids,
+        TypeError,
+        r"row 0: text, row 1: ids",
+        r"all texts, all chats or all token-id lists",
+    ),
+    Case(pad_position_read_as_last, ValueError, r"position -1 is padding in rows \[0\]", r"pos='last'"),
 ]
 
 
