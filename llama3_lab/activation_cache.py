@@ -68,6 +68,12 @@ def _slice_positions(
     return tensor.index_select(axis, pos_slice.to(tensor.device))
 
 
+def _last_index(mask: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the column of each row's last True in ``mask [B, P]``."""
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask, columns, -1).amax(dim=1)
+
+
 def select_positions(
     tensor: torch.Tensor,
     shape: str,
@@ -90,10 +96,13 @@ def select_positions(
             raise ValueError(f"pos must be an int, a slice, a list of positions or 'last', not {pos!r}.")
         if mask is None:
             return _slice_positions(tensor, shape, slice(-1, None))
-        index = cache.last_index().to(tensor.device) if cache is not None else None
-        moved = tensor.movedim(axis, 1)
-        picked = moved[torch.arange(moved.shape[0], device=tensor.device), index][:, None]
-        return picked.movedim(1, axis)
+        letters = shape.split()[len(shape.split()) - tensor.ndim :]
+        batch_axis = letters.index("B") if "B" in letters else 0
+        last = cache.last_index() if cache is not None else _last_index(mask)
+        index_shape = [1] * tensor.ndim
+        index_shape[batch_axis] = tensor.shape[batch_axis]
+        index = last.to(tensor.device).view(index_shape)
+        return tensor.gather(axis, index.expand(*[1 if i == axis else n for i, n in enumerate(tensor.shape)]))
     normalized = _normalize_pos_slice(pos)
     if mask is not None:
         kept = torch.arange(mask.shape[1])[normalized] if isinstance(normalized, slice) else normalized
@@ -216,8 +225,7 @@ class ActivationCache:
             if P is None:
                 raise ValueError("This cache does not know its tokens, so it has no last position.")
             return torch.full((self.tokens.shape[0],), P - 1, dtype=torch.long)
-        columns = torch.arange(self.mask.shape[1], device=self.mask.device)
-        return torch.where(self.mask, columns, -1).amax(dim=1)
+        return _last_index(self.mask)
 
     def last(self, key: str | tuple) -> torch.Tensor:
         """The activation at each row's last real token: the ``P`` (or ``Pq``) axis dropped, ``[B, ...]``.
