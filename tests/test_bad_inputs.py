@@ -259,6 +259,12 @@ def pad_position_read_as_last(scratch: Path) -> Any:
     return cache.at("blocks.0.hook_resid_post", -1)
 
 
+def position_map_that_does_not_fit(scratch: Path) -> Any:
+    from llama3_lab.analysis import logit_diff_metric, patch_resid
+
+    return patch_resid(MODEL, [[1, 2, 3]], [[4, 5]], logit_diff_metric(1, 2), layers=[0], position_map={1: 7})
+
+
 CASES = [
     Case(hf_no_weights, FileNotFoundError, r"no model\.safetensors", r"found: config\.json"),
     Case(hf_pickled_bin_only, FileNotFoundError, r"no model\.safetensors", r"pytorch_model\.bin"),
@@ -331,6 +337,12 @@ CASES = [
         r"all texts, all chats or all token-id lists",
     ),
     Case(pad_position_read_as_last, ValueError, r"position -1 is padding in rows \[0\]", r"pos='last'"),
+    Case(
+        position_map_that_does_not_fit,
+        ValueError,
+        r"clean position 7.*clean ones 0\.\.2",
+        r"map positions that exist",
+    ),
 ]
 
 
