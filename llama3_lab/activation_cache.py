@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .hook_points import HookNameError, get_act_name, unknown_hook_error
+from .tokens import padding_mask
 from .units import format_bytes
 
 PosSlice = int | slice | Sequence[int] | torch.Tensor | None
@@ -312,8 +313,6 @@ class ActivationCache:
         attn = self.model.blocks[layer].attn  # type: ignore[attr-defined]
         mask = None
         if self.mask is not None:
-            from .model import padding_mask
-
             mask = padding_mask(self.mask, 0, self.mask.shape[1])
         queries = self["rot_q", layer].transpose(1, 2)  # b p h d -> b h p d
         keys = self["rot_k", layer].transpose(1, 2)  # b p k d -> b k p d

@@ -122,6 +122,20 @@ def default_positions(mask: torch.Tensor, past: torch.Tensor | int = 0) -> torch
     return counted.clamp_min(0)
 
 
+def padding_mask(key_mask: torch.Tensor, first_slot: int, P: int) -> torch.Tensor:
+    """[B P T]: True where the query in slot ``first_slot + i`` may see the key in slot j.
+
+    Causal (j ≤ first_slot + i) and never a pad key (``key_mask`` [B T] False), except that a pad query
+    sees itself: a left pad has no real key before it, and a row of −inf would make its softmax NaN.
+    What a pad query computes is meaningless; it is finite, and no real query reads it.
+    """
+    T = key_mask.shape[1]
+    key_slot = torch.arange(T, device=key_mask.device)
+    query_slot = torch.arange(first_slot, first_slot + P, device=key_mask.device)[:, None]
+    causal = key_slot <= query_slot  # [P T]
+    return (causal & key_mask[:, None, :]) | (key_slot == query_slot)
+
+
 @dataclass(frozen=True)
 class TokenBatch:
     """A padded batch: ``ids [B, P]``, ``mask [B, P]`` (True = real token) and ``positions [B, P]``.
