@@ -16,7 +16,11 @@ whatever machine it runs on:
 - the same for the opt-in fast decoder (``llama3_lab.fast.FastDecoder``: Inductor on CPU, CUDA graphs
   on CUDA), with its compile time;
 - a ``Session`` step with its full record / a plain decode step (≤ 1.2);
-- load time of the embedded model from its cache; peak RSS of every phase.
+- load time of the embedded model from its cache; peak RSS of every phase;
+- a ragged batch of 16 prompts (10-200 tokens) in one padded forward / the same prompts one at a time
+  (goal ≤ 0.5);
+- batched greedy decode of 8 prompts, tokens/s, ours / transformers ``generate`` on the same left-padded
+  batch (≥ 1.5, same tokens), and / our own batch-1 decode of the same prompts one after another.
 
 Each phase runs in a fresh subprocess so its peak RSS is its own (``--in-process`` to skip that). A
 ratio is the median of per-repetition ratios, the variants alternating within each repetition, printed
@@ -61,7 +65,7 @@ from benchmarks.common import (  # noqa: E402 - after the path set-up above
 )
 
 EMBEDDED = "smollm2-135m-instruct"
-PHASES = ("load", "forward", "hooks", "decode", "session")
+PHASES = ("load", "forward", "hooks", "decode", "session", "batch_forward", "batch_decode")
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
@@ -389,12 +393,129 @@ def phase_session(opts: Options) -> PhaseResult:
     return result
 
 
+def ragged_prompts(model: Any, n: int, shortest: int, longest: int) -> list[list[int]]:
+    """``n`` random prompts with lengths spread evenly from ``shortest`` to ``longest`` tokens."""
+    generator = torch.Generator().manual_seed(n)
+    lengths = torch.linspace(shortest, longest, n).round().long().tolist()
+    return [torch.randint(3, model.cfg.vocab_size, (k,), generator=generator).tolist() for k in lengths]
+
+
+def phase_batch_forward(opts: Options) -> PhaseResult:
+    """One padded forward of a ragged batch of 16 prompts / the same prompts one at a time."""
+    result = PhaseResult("batch_forward")
+    model = build_model(opts)
+    longest = 60 if opts.quick else 200
+    prompts = ragged_prompts(model, 16, 10, longest)
+    batch = model.to_token_batch(prompts)
+    singles = [torch.tensor([p], device=model.device) for p in prompts]
+    with torch.inference_mode():
+        variants = {
+            "batch": lambda: model(batch),
+            "one_at_a_time": lambda: [model(t) for t in singles],
+        }
+        times = alternate(variants, max(2, opts.reps // 3), warmup=1, device=opts.device)
+    ratio = ratio_spread(times["batch"], times["one_at_a_time"])
+    result.data.update(
+        ratio=ratio.as_dict(), padded_positions=int(batch.ids.numel()), real=int(batch.mask.sum())
+    )
+    result.rows.append(
+        Row(
+            "batch_forward",
+            f"forward of 16 prompts (10-{longest} tokens), one padded batch / one at a time "
+            f"({Spread.of(times['batch']).median * 1e3:.0f} / "
+            f"{Spread.of(times['one_at_a_time']).median * 1e3:.0f} ms)",
+            ratio.text(),
+            "≤ 0.5",
+            ratio.median <= 0.5,
+        )
+    )
+    return result
+
+
+def phase_batch_decode(opts: Options) -> PhaseResult:
+    """Batched greedy decode of 8 prompts: ours / transformers generate (same padded batch), and / ours
+    one prompt at a time."""
+    from llama3_lab.generation import generate_batch, generate_tokens
+
+    result = PhaseResult("batch_decode")
+    model = build_model(opts)
+    prompts = ragged_prompts(model, 8, 5, 24 if opts.quick else 60)
+    n = opts.new_tokens
+
+    def ours() -> list[list[int]]:
+        return [g.tokens for g in generate_batch(model, prompts, n, temperature=0, stop=None)]
+
+    def one_by_one() -> list[list[int]]:
+        return [list(generate_tokens(model, p, n, temperature=0)) for p in prompts]
+
+    # exactly n tokens per row on both sides: no stop token ends a row early
+    saved_stop = model.tokenizer, model.cfg
+    model.tokenizer, model.cfg = None, model.cfg.replace(eos_token_id=None)
+    try:
+        variants: dict[str, Callable[[], list[list[int]]]] = {"ours": ours, "one_by_one": one_by_one}
+        outputs = {name: fn() for name, fn in variants.items()}
+        if not opts.skip_transformers:
+            twin = transformers_twin(model, attn="sdpa")
+            batch = model.to_token_batch(prompts, padding_side="left")
+
+            def theirs() -> list[list[int]]:
+                with torch.inference_mode():
+                    out = twin.generate(
+                        batch.ids,
+                        attention_mask=batch.mask.long(),
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        do_sample=False,
+                        pad_token_id=0,
+                        temperature=None,
+                        top_p=None,
+                        top_k=None,
+                        eos_token_id=None,
+                    )
+                return out[:, batch.ids.shape[1] :].tolist()
+
+            variants["transformers"] = theirs
+            outputs["transformers"] = theirs()
+        times = alternate(variants, max(2, opts.reps // 4), warmup=0, device=opts.device)
+    finally:
+        model.tokenizer, model.cfg = saved_stop
+    tok_s = {name: Spread.of([len(prompts) * n / t for t in samples]) for name, samples in times.items()}
+    for name, spread in tok_s.items():
+        result.data[f"{name}_tok_s"] = spread.as_dict()
+    same_alone = outputs["ours"] == outputs["one_by_one"]
+    result.rows.append(
+        Row(
+            "batch_decode",
+            f"greedy {n} tokens × 8 prompts, batched / batch-1 one by one, tok/s "
+            f"({tok_s['ours'].median:.1f} / {tok_s['one_by_one'].median:.1f}; same tokens: {same_alone})",
+            ratio_spread(times["one_by_one"], times["ours"]).text(),
+        )
+    )
+    if "transformers" in times:
+        same = outputs["ours"] == outputs["transformers"]
+        speedup = ratio_spread(times["transformers"], times["ours"])
+        result.rows.append(
+            Row(
+                "batch_decode",
+                f"greedy {n} tokens × 8 prompts, ours / transformers generate (same left-padded batch), "
+                "tok/s "
+                f"({tok_s['ours'].median:.1f} / {tok_s['transformers'].median:.1f}; same tokens: {same})",
+                speedup.text(),
+                "≥ 1.5",
+                speedup.median >= 1.5 and same,
+            )
+        )
+    return result
+
+
 PHASE_FUNCTIONS: dict[str, Callable[[Options], PhaseResult]] = {
     "load": phase_load,
     "forward": phase_forward,
     "hooks": phase_hooks,
     "decode": phase_decode,
     "session": phase_session,
+    "batch_forward": phase_batch_forward,
+    "batch_decode": phase_batch_decode,
 }
 
 

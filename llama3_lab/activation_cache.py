@@ -3,6 +3,10 @@
 ``run_with_cache`` (in ``hooks.py``) fills an ``ActivationCache``; ``pos_slice`` there keeps a few
 positions of every tensor, along the axis its hook point's shape letters call ``P`` (for attention
 patterns ``Pq``: every key position stays).
+
+A cache of a padded batch keeps its ``mask`` and ``positions`` ``[B, P]``: ``cache.real(name)`` gives each
+row's real positions only (a list of tensors), ``cache.last(name)`` the activation at each row's last
+real token, and ``cache.at(name, pos)`` selects columns, refusing any that is padding in some row.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import nn
 
 from .hook_points import HookNameError, get_act_name, unknown_hook_error
+from .tokens import padding_mask
 from .units import format_bytes
 
 PosSlice = int | slice | Sequence[int] | torch.Tensor | None
@@ -64,6 +69,55 @@ def _slice_positions(
     return tensor.index_select(axis, pos_slice.to(tensor.device))
 
 
+def _last_index(mask: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the column of each row's last True in ``mask [B, P]``."""
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    return torch.where(mask, columns, -1).amax(dim=1)
+
+
+def select_positions(
+    tensor: torch.Tensor,
+    shape: str,
+    pos: PosSlice | str,
+    mask: torch.Tensor | None = None,
+    cache: ActivationCache | None = None,
+) -> torch.Tensor:
+    """``tensor`` at positions ``pos`` along its ``P``/``Pq`` axis (named by ``shape``), the axis kept.
+
+    ``pos``: None (all), an int, a slice, a list of columns, or ``"last"`` (each row's last real token,
+    which needs the ``cache``'s mask, or is ``-1`` without one). With a padding ``mask`` [B P], a column
+    that is padding in some row raises instead of returning a pad's meaningless activation.
+    """
+    axis = _position_axis(shape)
+    if axis is None or pos is None:
+        return tensor
+    axis -= len(shape.split()) - tensor.ndim
+    if isinstance(pos, str):
+        if pos != "last":
+            raise ValueError(f"pos must be an int, a slice, a list of positions or 'last', not {pos!r}.")
+        if mask is None:
+            return _slice_positions(tensor, shape, slice(-1, None))
+        letters = shape.split()[len(shape.split()) - tensor.ndim :]
+        batch_axis = letters.index("B") if "B" in letters else 0
+        last = cache.last_index() if cache is not None else _last_index(mask)
+        index_shape = [1] * tensor.ndim
+        index_shape[batch_axis] = tensor.shape[batch_axis]
+        index = last.to(tensor.device).view(index_shape)
+        return tensor.gather(axis, index.expand(*[1 if i == axis else n for i, n in enumerate(tensor.shape)]))
+    normalized = _normalize_pos_slice(pos)
+    if mask is not None:
+        kept = torch.arange(mask.shape[1])[normalized] if isinstance(normalized, slice) else normalized
+        on_pad = ~mask[:, kept.to(mask.device)]
+        if bool(on_pad.any()):
+            rows = sorted(set(on_pad.nonzero()[:, 0].tolist()))
+            raise ValueError(
+                f"position {pos!r} is padding in rows {rows} of this padded batch (each row has its own "
+                "length): use pos='last' for each row's last real token, cache.real(name) for every row's "
+                "real positions, or left padding (padding_side='left') to align the rows' ends."
+            )
+    return _slice_positions(tensor, shape, normalized)
+
+
 # --------------------------------------------------------------------------------------------------
 # The activation cache
 
@@ -88,6 +142,8 @@ class ActivationCache:
         pos_slice: slice | torch.Tensor | None = None,
         has_batch_dim: bool = True,
         start_position: int = 0,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> None:
         self.cache_dict = cache
         self.model = model
@@ -96,6 +152,8 @@ class ActivationCache:
         self.pos_slice = pos_slice
         self.has_batch_dim = has_batch_dim
         self.start_position = start_position
+        self.mask = mask  # [B P] bool, True = real token; None: no padding
+        self.positions = positions  # [B P] each row's own positions; None: 0..P-1 (+ start_position)
 
     # -- lookup -----------------------------------------------------------------------------------
     def resolve(self, key: str | tuple) -> str:
@@ -156,6 +214,90 @@ class ActivationCache:
         layers = range(self.n_layers) if layers is None else layers
         return torch.stack([self[name, layer, sub] if sub else self[name, layer] for layer in layers])
 
+    # -- padded batches ---------------------------------------------------------------------------
+    @property
+    def is_padded(self) -> bool:
+        return self.mask is not None
+
+    def last_index(self) -> torch.Tensor:
+        """``[B]``: the column of each row's last real token (``P - 1`` for every row without padding)."""
+        if self.mask is None:
+            P = self.tokens.shape[1] if self.tokens is not None else None
+            if P is None:
+                raise ValueError("This cache does not know its tokens, so it has no last position.")
+            return torch.full((self.tokens.shape[0],), P - 1, dtype=torch.long)
+        return _last_index(self.mask)
+
+    def last(self, key: str | tuple) -> torch.Tensor:
+        """The activation at each row's last real token: the ``P`` (or ``Pq``) axis dropped, ``[B, ...]``.
+
+        For a pattern every key position stays. Needs a cache of every position (no ``pos_slice``).
+        """
+        name = self.resolve(key)
+        self._check_all_positions("last")
+        axis = self._axis(name)
+        if axis is None:
+            raise ValueError(f"{name} has no position axis (shape {self.shapes.get(name)!r}).")
+        return select_positions(self[name], self.shapes[name], "last", self.mask, self).squeeze(axis)
+
+    def real(self, key: str | tuple) -> list[torch.Tensor]:
+        """Each row's activation at its real positions only (the batch axis dropped): a list of B tensors.
+
+        Every position axis (``P``, ``Pq``, and ``Pk`` of the patterns) keeps the row's real tokens, so
+        row b equals the cache of that prompt run alone. Without padding: the rows as they are.
+        """
+        name = self.resolve(key)
+        self._check_all_positions("real")
+        tensor = self[name]
+        letters = self.shapes.get(name, "").split()
+        if "B" not in letters and tensor.ndim == len(letters) + 1:
+            letters = ["B", *letters]  # RoPE tables: one per row in a padded batch
+        letters = letters[len(letters) - tensor.ndim :]
+        batch_axis = letters.index("B") if "B" in letters else None
+        if batch_axis is None:
+            raise ValueError(f"{name} has no batch axis (shape {self.shapes.get(name)!r}).")
+        rows = []
+        for b in range(tensor.shape[batch_axis]):
+            row = tensor.select(batch_axis, b)
+            row_letters = letters[:batch_axis] + letters[batch_axis + 1 :]
+            if self.mask is not None:
+                keep = self.mask[b].nonzero()[:, 0].to(tensor.device)
+                for axis, letter in enumerate(row_letters):
+                    if letter in ("P", "Pq", "Pk"):
+                        row = row.index_select(axis, keep)
+            rows.append(row)
+        return rows
+
+    def at(
+        self, key: str | tuple | torch.Tensor, pos: PosSlice | str, shape: str | None = None
+    ) -> torch.Tensor:
+        """``key``'s activation (or a tensor with ``shape`` letters) at positions ``pos``, the axis kept.
+
+        ``pos``: an int, slice or list of columns, or ``"last"`` (each row's last real token). In a padded
+        batch a column that is padding in some row is refused: positions count per row, so ``-1`` of a
+        right-padded batch is a pad for its short rows; ``"last"`` (or left padding) is what you mean.
+        """
+        if isinstance(key, torch.Tensor):
+            tensor, letters = key, shape or ""
+        else:
+            name = self.resolve(key)
+            tensor, letters = self[name], self.shapes.get(name, "")
+        return select_positions(tensor, letters, pos, self.mask if self.pos_slice is None else None, self)
+
+    def _axis(self, name: str) -> int | None:
+        axis = _position_axis(self.shapes.get(name, ""))
+        if axis is None:
+            return None
+        return axis - (len(self.shapes[name].split()) - self[name].ndim)
+
+    def _check_all_positions(self, what: str) -> None:
+        if self.pos_slice is not None:
+            raise ValueError(
+                f"cache.{what}() needs every position, but this cache kept only pos_slice={self.pos_slice}: "
+                "run run_with_cache without pos_slice (or, with left padding, pos_slice=-1 is each row's "
+                "last real token)."
+            )
+
     def pattern(self, layer: int) -> torch.Tensor:
         """``[B, H, Pq, Pk]``: layer ``layer``'s attention pattern recomputed from cached ``rot_q``/``rot_k``.
 
@@ -169,12 +311,15 @@ class ActivationCache:
                 "the pattern cannot be recomputed from it: cache 'pattern' directly instead."
             )
         attn = self.model.blocks[layer].attn  # type: ignore[attr-defined]
+        mask = None
+        if self.mask is not None:
+            mask = padding_mask(self.mask, 0, self.mask.shape[1])
         queries = self["rot_q", layer].transpose(1, 2)  # b p h d -> b h p d
         keys = self["rot_k", layer].transpose(1, 2)  # b p k d -> b k p d
         values = keys.new_zeros(keys.shape[:-1] + (1,))  # the pattern does not depend on the values
         seen: list[torch.Tensor] = []
         with self.model.hooks([(attn.hook_pattern.name, lambda pattern, hook: seen.append(pattern))]):
-            attn._eager(queries, keys, values, 0)
+            attn._eager(queries, keys, values, 0, mask)
         return seen[0]
 
     @property
@@ -222,6 +367,8 @@ class ActivationCache:
             self.pos_slice,
             self.has_batch_dim,
             self.start_position,
+            self.mask,
+            self.positions,
         )
 
     def __repr__(self) -> str:

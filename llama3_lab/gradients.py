@@ -27,7 +27,7 @@ import torch
 
 from .activation_cache import ActivationCache, PosSlice, _normalize_pos_slice, _slice_positions
 from .memory import CacheEstimate, check_cache_budget, estimate_cache
-from .tokens import TokensLike
+from .tokens import TokenBatch, TokensLike, model_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hook_points import HookPoint
@@ -101,7 +101,10 @@ def run_with_cache_and_grads(
     d metric / d activation for every name the filter selects (``names_filter`` etc. as in
     ``run_with_cache``). Both caches count against one memory budget.
     """
-    ids = model.to_tokens(tokens)
+    inputs = model_input(model, tokens)  # prompts of different lengths: padded and masked
+    ids = inputs.ids if isinstance(inputs, TokenBatch) else inputs
+    mask = inputs.mask if isinstance(inputs, TokenBatch) else None
+    positions = inputs.positions if isinstance(inputs, TokenBatch) else None
     names = model.resolve_names(names_filter)
     pos = _normalize_pos_slice(pos_slice)
     target = torch.device(device) if device is not None else model.device  # type: ignore[attr-defined]
@@ -129,7 +132,7 @@ def run_with_cache_and_grads(
     with ExitStack() as stack:
         stack.enter_context(backward_hooks(model, [(name, save_grad(name)) for name in names]))
         stack.enter_context(model.hooks(fwd_hooks=[(name, save_value(name)) for name in names]))
-        value = metric(model(ids))
+        value = metric(model(inputs))
         if value.numel() != 1:
             raise ValueError(
                 f"the metric returned a tensor of shape {tuple(value.shape)}: it must be one number (e.g. "
@@ -141,13 +144,11 @@ def run_with_cache_and_grads(
                 "call .item(), argmax or torch.no_grad?): return a tensor computed from the logits."
             )
         value.backward()
+    extra = {"mask": mask, "positions": positions}
     activations_cache = ActivationCache(
-        {n: values[n] for n in names if n in values}, model, shapes, tokens=ids, pos_slice=pos
+        {n: values[n] for n in names if n in values}, model, shapes, tokens=ids, pos_slice=pos, **extra
     )
     # A hook point the metric does not depend on (e.g. a later position's RoPE table) gets zeros.
     gradients = {n: grads[n] if n in grads else torch.zeros_like(values[n]) for n in activations_cache.keys()}
-    return (
-        value.detach(),
-        activations_cache,
-        ActivationCache(gradients, model, shapes, tokens=ids, pos_slice=pos),
-    )
+    gradients_cache = ActivationCache(gradients, model, shapes, tokens=ids, pos_slice=pos, **extra)
+    return value.detach(), activations_cache, gradients_cache

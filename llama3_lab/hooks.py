@@ -39,7 +39,7 @@ from .hook_points import (
     unknown_hook_error,
 )
 from .memory import check_cache_budget, estimate_cache
-from .tokens import TokensLike, to_str_tokens, to_tokens
+from .tokens import TokenBatch, TokensLike, model_input, to_str_tokens, to_token_batch, to_tokens
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -102,12 +102,20 @@ class HookedRootModule(nn.Module):
         return full
 
     # -- tokens -------------------------------------------------------------------------------------
-    def to_tokens(self, x: TokensLike, *, prepend_bos: bool = True) -> torch.Tensor:
-        """``[B, P]`` token ids on the model's device; see ``llama3_lab.tokens.to_tokens``."""
+    def to_tokens(self, x: TokensLike, *, prepend_bos: bool | None = None) -> torch.Tensor:
+        """``[B, P]`` token ids on the model's device; see ``llama3_lab.tokens.to_tokens``.
+
+        ``prepend_bos=None`` follows the tokenizer (``tokenizer.add_bos``: Llama 3 yes, SmolLM2 no)."""
         return to_tokens(self, x, prepend_bos=prepend_bos)
 
-    def to_str_tokens(self, x: TokensLike, *, prepend_bos: bool = True) -> list[str] | list[list[str]]:
-        """Readable token strings for text or ids."""
+    def to_token_batch(
+        self, xs: Any, *, padding_side: str = "right", prepend_bos: bool | None = None
+    ) -> TokenBatch:
+        """Prompts of different lengths as a padded ``TokenBatch`` (``llama3_lab.tokens.to_token_batch``)."""
+        return to_token_batch(self, xs, padding_side=padding_side, prepend_bos=prepend_bos)
+
+    def to_str_tokens(self, x: TokensLike, *, prepend_bos: bool | None = None) -> list[str] | list[list[str]]:
+        """Readable token strings for text or ids: BOS is the first string when the encoding adds it."""
         return to_str_tokens(self, x, prepend_bos=prepend_bos)
 
     # -- hooks --------------------------------------------------------------------------------------
@@ -158,11 +166,15 @@ class HookedRootModule(nn.Module):
         self,
         tokens: TokensLike,
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
+        padding_side: str = "right",
         **forward_kwargs: Any,
     ) -> torch.Tensor:
-        """Logits ``[B, P, V]`` of one forward with ``fwd_hooks`` in place (removed afterwards)."""
+        """Logits ``[B, P, V]`` of one forward with ``fwd_hooks`` in place (removed afterwards).
+
+        Prompts of different lengths are padded on ``padding_side`` and masked (hooks see the padded
+        ``[B, P, ...]`` tensors; what sits at a pad is meaningless)."""
         with self.hooks(fwd_hooks):
-            return self(self.to_tokens(tokens), **forward_kwargs)
+            return self(model_input(self, tokens, padding_side=padding_side), **forward_kwargs)
 
     # -- caching ------------------------------------------------------------------------------------
     def run_with_cache(
@@ -173,6 +185,7 @@ class HookedRootModule(nn.Module):
         dtype: torch.dtype | None = None,
         pos_slice: PosSlice = None,
         budget_bytes: int | None = None,
+        padding_side: str = "right",
         **forward_kwargs: Any,
     ) -> tuple[torch.Tensor, ActivationCache]:
         """``(logits [B, P, V], ActivationCache)`` for one forward.
@@ -187,8 +200,16 @@ class HookedRootModule(nn.Module):
         ``budget_bytes``: refuse (``MemoryBudgetError``) if the estimate exceeds it; default
         ``model.cache_budget_bytes`` or the target device's free memory less a margin.
         Tensors are stored detached and not copied unless ``device``/``dtype``/``pos_slice`` ask for it.
+
+        Prompts of different lengths (texts, chats, id lists, a ``TokenBatch``) are padded on
+        ``padding_side`` (``"right"``: column i is every row's token i) and masked; the cache keeps the
+        ``mask`` and ``positions``, and ``cache.real(name)`` / ``cache.last(name)`` read each row's real
+        tokens without index arithmetic.
         """
-        ids = self.to_tokens(tokens)
+        inputs = model_input(self, tokens, padding_side=padding_side)
+        ids = inputs.ids if isinstance(inputs, TokenBatch) else inputs
+        mask = inputs.mask if isinstance(inputs, TokenBatch) else forward_kwargs.get("attention_mask")
+        positions = inputs.positions if isinstance(inputs, TokenBatch) else forward_kwargs.get("positions")
         names = self.resolve_names(names_filter)
         pos = _normalize_pos_slice(pos_slice)
         if device is None and spread_over_devices(self):
@@ -202,9 +223,21 @@ class HookedRootModule(nn.Module):
         store: dict[str, torch.Tensor] = {}
         savers = [(self.hook_dict[name], _save_hook(store, device, dtype, pos)) for name in names]
         with context_hooks(savers):
-            logits = self(ids, **forward_kwargs)
+            logits = self(inputs, **forward_kwargs)
         shapes = {name: self.hook_dict[name].shape for name in store}
-        return logits, ActivationCache(store, self, shapes, tokens=ids, pos_slice=pos, start_position=past)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=ids.device).reshape(ids.shape).bool()
+        cache = ActivationCache(
+            store,
+            self,
+            shapes,
+            tokens=ids,
+            pos_slice=pos,
+            start_position=past,
+            mask=mask,
+            positions=positions,
+        )
+        return logits, cache
 
     # -- memory -------------------------------------------------------------------------------------
     def estimate_cache_bytes(
@@ -225,8 +258,9 @@ class HookedRootModule(nn.Module):
         if isinstance(tokens_or_length, int):
             n_positions = tokens_or_length
         else:
-            ids = self.to_tokens(tokens_or_length)
-            batch, n_positions = ids.shape
+            inputs = model_input(self, tokens_or_length)
+            ids = inputs.ids if isinstance(inputs, TokenBatch) else inputs
+            batch, n_positions = ids.shape  # a padded batch holds B × (longest row) positions
         names = self.resolve_names(names_filter)
         pos = _normalize_pos_slice(pos_slice)
         return estimate_cache(self, names, n_positions, batch, dtype, pos, past_length).total

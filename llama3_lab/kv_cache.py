@@ -4,6 +4,10 @@ Preallocated once as ``[B, K, T_max, d]`` per layer, so a decode step writes one
 attends over a view of the filled prefix: no concatenation, no allocation per step. Keys are stored
 after RoPE, exactly what attention multiplies with the queries, so the cache can be inspected,
 edited, rewound and cloned like any tensor.
+
+A padded batch (``model(batch, cache=cache)`` with a ``TokenBatch`` or an ``attention_mask``) also
+leaves ``key_mask [B, T_max]`` (False at a pad): later forwards never attend to those slots and number
+each row's positions from its own real tokens (``real_lengths``). Without padding it stays None.
 """
 
 from __future__ import annotations
@@ -31,12 +35,19 @@ class KVCache:
     cache=cache)``, which writes the new positions and advances ``length``.
     """
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int = 0) -> None:
+    def __init__(
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        length: int = 0,
+        key_mask: torch.Tensor | None = None,
+    ) -> None:
         if len(keys) != len(values) or not keys:
             raise ValueError("a KVCache needs one key and one value tensor per layer (at least one layer).")
         self.keys = keys
         self.values = values
         self.length = length
+        self.key_mask = key_mask  # [B, T_max] bool, False at a pad; None: no pads ever written
 
     @classmethod
     def allocate(
@@ -120,6 +131,23 @@ class KVCache:
         self.values[layer][:, :, start:end] = values
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def write_mask(self, start: int, mask: torch.Tensor) -> torch.Tensor:
+        """Record which of the new slots ``start..start+P-1`` are real (``mask`` [B P]); returns the key
+        mask [B, start+P] the new queries attend with (every earlier slot real if none was recorded)."""
+        end = start + mask.shape[1]
+        if self.key_mask is None:
+            self.key_mask = torch.ones(
+                (self.batch_size, self.max_length), dtype=torch.bool, device=self.keys[0].device
+            )
+        self.key_mask[:, start:end] = mask
+        return self.key_mask[:, :end]
+
+    def real_lengths(self) -> torch.Tensor:
+        """[B]: real (not pad) positions each row holds: the position its next token gets."""
+        if self.key_mask is None:
+            return torch.full((self.batch_size,), self.length, dtype=torch.long, device=self.device)
+        return self.key_mask[:, : self.length].sum(dim=1)
+
     def check_compatible(self, device: torch.device, dtype: torch.dtype) -> None:
         """Raise if the cache cannot hold what a model on ``device`` computing in ``dtype`` writes."""
         if device != self.device or dtype != self.dtype:
@@ -161,16 +189,29 @@ class KVCache:
                 "use truncate() or rewind()."
             )
         if max_length > self.max_length:
-            self.keys, self.values = self._copy_filled(max_length)
+            self.keys, self.values, self.key_mask = self._copy_filled(max_length)
         return self
 
     def clone(self) -> KVCache:
         """An independent copy (same capacity; only the filled positions are copied)."""
-        keys, values = self._copy_filled(self.max_length)
-        return KVCache(keys, values, self.length)
+        keys, values, key_mask = self._copy_filled(self.max_length)
+        return KVCache(keys, values, self.length, key_mask)
 
-    def _copy_filled(self, max_length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """New key and value tensors of ``max_length`` positions holding a copy of the filled ones."""
+    def select_rows(self, rows: torch.Tensor | list[int]) -> KVCache:
+        """Keep only the batch rows ``rows`` (in that order), in place: batched generation drops the
+        rows that have finished so that no forward is spent on them."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        self.keys = [t.index_select(0, index) for t in self.keys]
+        self.values = [t.index_select(0, index) for t in self.values]
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, index)
+        return self
+
+    def _copy_filled(
+        self, max_length: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+        """New key and value tensors (and key mask) of ``max_length`` positions holding a copy of the
+        filled ones."""
 
         def copy(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             B, K, _, d = tensors[0].shape
@@ -179,7 +220,11 @@ class KVCache:
                 dst[:, :, : self.length] = src[:, :, : self.length]
             return copies
 
-        return copy(self.keys), copy(self.values)
+        key_mask = None
+        if self.key_mask is not None:
+            key_mask = self.key_mask.new_ones((self.batch_size, max_length))
+            key_mask[:, : self.length] = self.key_mask[:, : self.length]
+        return copy(self.keys), copy(self.values), key_mask
 
     def __repr__(self) -> str:
         B, K, T, d = self.keys[0].shape
@@ -187,5 +232,6 @@ class KVCache:
         return (
             f"KVCache(layers={self.n_layers}, batch={B}, kv_heads={K}, head_dim={d}, "
             f"length={self.length}/{T}, {str(self.dtype).removeprefix('torch.')} on {self.device}, "
-            f"{format_bytes(used)} used of {format_bytes(self.nbytes)})"
+            f"{format_bytes(used)} used of {format_bytes(self.nbytes)}"
+            f"{', padded' if self.key_mask is not None else ''})"
         )

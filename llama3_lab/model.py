@@ -34,7 +34,7 @@ from .hook_points import HookPoint, _hook, is_hooked
 from .hooks import HookedRootModule
 from .kv_cache import KVCache
 from .rope import rope_inv_freq
-from .tokens import check_token_ids
+from .tokens import TokenBatch, check_attention_mask, check_token_ids, default_positions, padding_mask
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -127,14 +127,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B P heads d] by the angles whose cos/sin are given [P d] (Hugging Face layout).
+    """Rotate ``x`` [B P heads d] by the angles whose cos/sin are given [P d], or [B P d] when each row
+    has its own positions (a padded batch), in Hugging Face's layout.
 
     Dim i is paired with dim i + d/2; the rotation is computed in float32 (float64 for a float64 model)
     and cast back, so bf16 models lose no precision here. The cos/sin tables themselves are float32, as
     in transformers, whatever the model's dtype.
     """
     x32 = x.to(at_least_float32(x.dtype))
-    cos, sin = cos[:, None, :], sin[:, None, :]  # [P 1 d]: one angle per position, shared by heads
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # [(B) P 1 d]: one angle per position, shared by heads
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
@@ -165,10 +166,14 @@ class Rotary(nn.Module):
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
         self.hook_cos = HookPoint(
-            "P d", "cos of the rotation angle per position and dim", dtype=torch.float32
+            "P d",
+            "cos of the rotation angle per position and dim ([B P d] in a padded batch)",
+            dtype=torch.float32,
         )
         self.hook_sin = HookPoint(
-            "P d", "sin of the rotation angle per position and dim", dtype=torch.float32
+            "P d",
+            "sin of the rotation angle per position and dim ([B P d] in a padded batch)",
+            dtype=torch.float32,
         )
 
     def _apply(self, fn: Any, recurse: bool = True) -> Rotary:
@@ -192,6 +197,14 @@ class Rotary(nn.Module):
             self._grow(end)
         cos, sin = self._cos[start:end], self._sin[start:end]
         return _hook(self.hook_cos, cos), _hook(self.hook_sin, sin)
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B P d] (float32) for each row's own ``positions`` [B P] (a padded batch)."""
+        end = int(positions.max()) + 1
+        if self._cos is None or self._cos.shape[0] < end:
+            self._grow(end)
+        index = positions.to(self._cos.device)
+        return _hook(self.hook_cos, self._cos[index]), _hook(self.hook_sin, self._sin[index])
 
 
 # ------------------------------------------------------------------------------------------- Attention
@@ -241,7 +254,10 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         start: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``mask`` [B P T]: True where query i may see key j, for a padded batch (``padding_mask``);
+        None: the plain causal mask."""
         B, P, _ = x.shape
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         q = _hook(self.hook_q, self.q_proj(x).view(B, P, H, d))  # b p (h d) -> b p h d
@@ -258,9 +274,9 @@ class Attention(nn.Module):
         queries = rot_q.transpose(1, 2)
 
         if self._use_eager():
-            z = self._eager(queries, keys, values, start)
+            z = self._eager(queries, keys, values, start, mask)
         else:
-            z = self._fused(queries, keys, values, start)
+            z = self._fused(queries, keys, values, start, mask)
         z = _hook(self.hook_z, z)  # [B P H d]
         return self.o_proj(z.reshape(B, P, H * d))  # b p h d -> b p (h d)
 
@@ -272,12 +288,20 @@ class Attention(nn.Module):
         return torch.arange(T, device=device)[None, :] <= query_pos  # [P T]
 
     def _eager(
-        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Group the query heads by the K/V head they share: no copy of K/V per query head.
         q = rearrange(queries, "b (k g) p d -> b k g p d", k=self.n_kv_heads)
         scores = torch.einsum("bkgpd,bktd->bkgpt", q, keys) * self.scale
-        mask = self._causal_mask(q.shape[3], keys.shape[2], start, q.device)
+        if mask is None:
+            mask = self._causal_mask(q.shape[3], keys.shape[2], start, q.device)  # [P T]
+        else:
+            mask = mask[:, None, None]  # [B P T] -> [B 1 1 P T]: the same for every head
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         scores = _hook(self.hook_attn_scores, rearrange(scores, "b k g p t -> b (k g) p t"))
@@ -288,10 +312,19 @@ class Attention(nn.Module):
         return rearrange(z, "b p k g d -> b p (k g) d")
 
     def _fused(
-        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         P, T = queries.shape[2], keys.shape[2]
-        if P == T:  # no earlier positions: the kernel's own (top-left aligned) causal mask is right
+        if mask is not None:  # a padded batch: [B P T] -> [B 1 P T], shared by the heads
+            z = F.scaled_dot_product_attention(
+                queries, keys, values, attn_mask=mask[:, None], enable_gqa=True
+            )
+        elif P == T:  # no earlier positions: the kernel's own (top-left aligned) causal mask is right
             z = F.scaled_dot_product_attention(queries, keys, values, is_causal=P > 1, enable_gqa=True)
         else:
             mask = self._causal_mask(P, T, start, queries.device)
@@ -349,9 +382,10 @@ class Block(nn.Module):
         sin: torch.Tensor,
         cache: KVCache | None = None,
         start: int = 0,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         resid_pre = _hook(self.hook_resid_pre, x)
-        attn_out = _hook(self.hook_attn_out, self.attn(self.ln1(resid_pre), cos, sin, cache, start))
+        attn_out = _hook(self.hook_attn_out, self.attn(self.ln1(resid_pre), cos, sin, cache, start, mask))
         resid_mid = _hook(self.hook_resid_mid, resid_pre + attn_out)
         mlp_out = _hook(self.hook_mlp_out, self.mlp(self.ln2(resid_mid)))
         return _hook(self.hook_resid_post, resid_mid + mlp_out)
@@ -518,23 +552,84 @@ class LlamaModel(HookedRootModule):
     # -- forward --------------------------------------------------------------------------------------
 
     def forward(
-        self, tokens: torch.Tensor, cache: KVCache | None = None, start_pos: int | None = None
+        self,
+        tokens: torch.Tensor | TokenBatch,
+        cache: KVCache | None = None,
+        start_pos: int | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits [B P V] for ``tokens`` [B P] (or [P]) placed at positions ``start .. start + P - 1``.
 
         ``start`` is ``cache.length`` with a cache (whose K/V for these tokens are written and whose
         length advances by P), else ``start_pos`` or 0.
+
+        A padded batch: ``tokens`` a ``TokenBatch``, or ``attention_mask`` [B P] (True/1 = real token)
+        with optional ``positions`` [B P] (default: each row counts its own real tokens from 0, after
+        those already in the cache). Pad keys are never attended to; a pad's own outputs are finite and
+        meaningless. The cache remembers its pads, so later steps need no mask. Without any of these
+        the forward is the plain causal one (same code, same bits as always).
         """
+        if isinstance(tokens, TokenBatch):
+            tokens, attention_mask, positions = tokens.ids, tokens.mask, tokens.positions
         tokens = self._check_tokens(tokens)
         start = self._start_position(tokens, cache, start_pos)
         P = tokens.shape[1]
-        cos, sin = self.rope(start, P)
+        mask = None
+        if attention_mask is None and positions is None and (cache is None or cache.key_mask is None):
+            cos, sin = self.rope(start, P)
+        else:
+            cos, sin, mask = self._padded_inputs(tokens, cache, start, attention_mask, positions)
         x = _hook(self.hook_embed, self.embed(tokens))
         for block in self.blocks:
-            x = block(x, cos, sin, cache, start)
+            x = block(x, cos, sin, cache, start, mask)
         if cache is not None:
             cache.length = start + P
         return self.unembed(self.ln_final(x))
+
+    def _padded_inputs(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None,
+        start: int,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE tables at each row's positions and the attention mask [B P T] of a padded batch."""
+        if attention_mask is None:
+            real = torch.ones_like(tokens, dtype=torch.bool)
+        else:
+            real = check_attention_mask(attention_mask, tokens)
+        if cache is not None:
+            past = cache.real_lengths()  # [B]: each row's real tokens before these
+            key_mask, first_slot = cache.write_mask(start, real), start
+        else:
+            past, key_mask, first_slot = start, real, 0
+        if positions is None:
+            positions = default_positions(real, past)
+        else:
+            positions = self._check_positions(positions, tokens)
+        cos, sin = self.rope.at(positions)
+        return cos, sin, padding_mask(key_mask, first_slot, tokens.shape[1])
+
+    def _check_positions(self, positions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.as_tensor(positions, device=tokens.device)
+        if positions.dim() == 1:
+            positions = positions.expand(tokens.shape[0], -1)
+        if tuple(positions.shape) != tuple(tokens.shape) or positions.is_floating_point():
+            raise ValueError(
+                f"positions must be integers of the tokens' shape {tuple(tokens.shape)}, got "
+                f"{tuple(positions.shape)} {positions.dtype}: one position per token (0 for a row's first)."
+            )
+        limit = self.cfg.max_position_embeddings
+        lowest, highest = (int(v) for v in torch.aminmax(positions))
+        if lowest < 0 or highest >= limit:
+            raise ValueError(
+                f"positions run from {lowest} to {highest}, outside 0..{limit - 1} "
+                "(max_position_embeddings): shorten the prompts or renumber them from 0."
+            )
+        return positions.long()
 
     def _check_tokens(self, tokens: torch.Tensor | list[int]) -> torch.Tensor:
         return check_token_ids(tokens, self.cfg.vocab_size).to(self.device)

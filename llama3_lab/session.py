@@ -141,7 +141,7 @@ class Session:
         seed: int | None = None,
         stop: int | str | Iterable[int | str] | None = None,
         record_top_k: int = 10,
-        prepend_bos: bool = True,
+        prepend_bos: bool | None = None,
         max_length: int | None = None,
         **sampling_options: Any,
     ) -> None:

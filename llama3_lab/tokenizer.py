@@ -94,7 +94,9 @@ class Tokenizer:
     """The tokenizer interface shared by every model in llama3-lab.
 
     Attributes: ``name``, ``n_vocab``, ``special_tokens`` (text -> id), ``bos_id``, ``eos_id``,
-    ``stop_ids`` (ids that end a generated reply).
+    ``stop_ids`` (ids that end a generated reply), ``add_bos`` (whether this tokenizer's own
+    configuration puts ``bos_id`` before a text: what ``to_tokens(..., prepend_bos=None)`` follows) and
+    ``pad_id`` (the id that fills the short rows of a padded batch; never attended to).
     """
 
     def __init__(
@@ -106,6 +108,8 @@ class Tokenizer:
         bos_id: int,
         eos_id: int,
         stop_ids: Iterable[int],
+        add_bos: bool,
+        pad_id: int,
     ) -> None:
         self.name = name
         self._encoding = encoding
@@ -115,6 +119,8 @@ class Tokenizer:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.stop_ids: set[int] = set(stop_ids)
+        self.add_bos = bool(add_bos)
+        self.pad_id = pad_id
 
     # -- encoding ------------------------------------------------------------------------------------
 
@@ -291,6 +297,13 @@ class Llama3Tokenizer(Tokenizer):
             bos_id=specials["<|begin_of_text|>"],
             eos_id=specials["<|end_of_text|>"],
             stop_ids={specials["<|end_of_text|>"], specials["<|eot_id|>"]},
+            # Meta's reference encodes prompts with bos=True, and Hugging Face's tokenizer.json puts
+            # <|begin_of_text|> first in its post-processor (its tokenizer_config.json has no
+            # add_bos_token key, so that template decides).
+            add_bos=True,
+            # Llama 3 has no pad token. Llama 3.1's tokenizer_config.json names 128004
+            # <|finetune_right_pad_id|> (<|reserved_special_token_2|> in 3.0) as pad_token: use it.
+            pad_id=specials["<|reserved_special_token_2|>"],
         )
         self.model_path = Path(model_path)
 
@@ -340,11 +353,13 @@ _TOKENIZER_KEYS = (
     "tokenizer.ggml.bos_token_id",
     "tokenizer.ggml.eos_token_id",
     "tokenizer.ggml.eot_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.padding_token_id",
     "tokenizer.chat_template",
 )
 
 
-#: Bump when the sidecar's content changes (other keys, another encoding): older sidecars are then ignored.
+#: Bump when the sidecar's encoding changes (a sidecar read with other keys is ignored: it records them).
 GGUF_SIDECAR_FORMAT = 2
 
 
@@ -367,6 +382,8 @@ def _read_sidecar(sidecar: Path, sha256: str) -> dict[str, Any] | None:
         return None
     if stored.get("gguf_sha256") != sha256 or not isinstance(stored.get("fields"), dict):
         return None
+    if stored.get("keys") != list(_TOKENIZER_KEYS):  # written when fewer (or other) keys were read
+        return None
     return stored["fields"]
 
 
@@ -375,7 +392,12 @@ def _write_sidecar(sidecar: Path, sha256: str, fields: dict[str, Any]) -> None:
 
     from .assets import write_atomic
 
-    stored = {"format": GGUF_SIDECAR_FORMAT, "gguf_sha256": sha256, "fields": fields}
+    stored = {
+        "format": GGUF_SIDECAR_FORMAT,
+        "gguf_sha256": sha256,
+        "keys": list(_TOKENIZER_KEYS),
+        "fields": fields,
+    }
     try:
         write_atomic(sidecar, json.dumps(stored, ensure_ascii=False).encode("utf-8"))
     except OSError:
@@ -481,6 +503,10 @@ class GGUFByteBPETokenizer(Tokenizer):
             bos_id=int(meta.get("tokenizer.ggml.bos_token_id")),
             eos_id=eos_id,
             stop_ids=stop_ids,
+            # The file says whether its texts start with BOS (SmolLM2: false, as its transformers
+            # tokenizer does); llama.cpp's converter writes the key for Llama models, true.
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+            pad_id=int(meta.get("tokenizer.ggml.padding_token_id", eos_id)),
         )
         self.source = source
         self.chat_template: str | None = meta.get("tokenizer.chat_template")

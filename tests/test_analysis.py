@@ -346,3 +346,90 @@ def test_smollm2_logit_lens_and_top_tokens(smollm2):
     torch.testing.assert_close(lens[-1], logits[:, -1:], rtol=1e-4, atol=1e-4)
     top = top_k_tokens(logits[0, -1], smollm2.tokenizer, k=5)
     assert "Paris" in "".join(top.strings)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches of prompts of different lengths: every analysis equals its rows run alone
+# ---------------------------------------------------------------------------------------------
+
+
+def _ragged(model, lengths=(4, 7, 2), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, model.cfg.vocab_size, (n,), generator=generator).tolist() for n in lengths]
+
+
+def test_lens_attribution_and_head_scores_of_a_ragged_batch_equal_each_row_alone(make_model):
+    from llama3_lab.analysis import direct_logit_attribution, logit_lens, previous_token_scores
+
+    model = make_model(seed=21)
+    rows = _ragged(model)
+    _, cache = model.run_with_cache(rows)  # right-padded
+    lens = logit_lens(model, cache, pos="last")  # L B 1 V
+    tokens = torch.tensor([row[-1] for row in rows])
+    dla, _ = direct_logit_attribution(model, cache, tokens)  # C B
+    with pytest.raises(ValueError, match="position -1 is padding in rows"):
+        logit_lens(model, cache, pos=-1)
+    per_row_scores = []
+    for b, row in enumerate(rows):
+        _, alone = model.run_with_cache(torch.tensor([row]))
+        torch.testing.assert_close(lens[:, b], logit_lens(model, alone, pos=-1)[:, 0], rtol=1e-5, atol=1e-5)
+        alone_dla, _ = direct_logit_attribution(model, alone, row[-1], pos=-1)
+        torch.testing.assert_close(dla[:, b], alone_dla[:, 0], rtol=1e-5, atol=1e-5)
+        per_row_scores.append(previous_token_scores(alone))
+    torch.testing.assert_close(previous_token_scores(cache), torch.stack(per_row_scores).mean(0))
+
+
+def test_means_and_steering_vectors_count_real_tokens_only(make_model):
+    from llama3_lab.analysis import mean_activations, steering_vector
+
+    model = make_model(seed=22)
+    rows = _ragged(model)
+    name = "blocks.0.hook_mlp_out"
+    means = mean_activations(model, rows, [name])[name]
+    every_token = torch.cat(
+        [model.run_with_cache(torch.tensor([r]), names_filter=name)[1][name][0] for r in rows]
+    )
+    torch.testing.assert_close(means, every_token.mean(0))
+    vector = steering_vector(model, rows[:2], [rows[2]], name)
+
+    def last(row):
+        return model.run_with_cache(torch.tensor([row]), names_filter=name)[1][name][0, -1]
+
+    torch.testing.assert_close(vector, (last(rows[0]) + last(rows[1])) / 2 - last(rows[2]))
+
+
+def test_patching_ragged_pairs_equals_each_pair_alone(make_model):
+    from llama3_lab.analysis import logit_diff, logit_diff_metric, patch_resid
+
+    model = make_model(seed=23)
+    clean, corrupted = _ragged(model, (4, 6), seed=1), _ragged(model, (4, 6), seed=2)
+    batch = model.to_token_batch(corrupted)
+    per_row = logit_diff(model(batch), 3, 5, pos=batch.last_index)
+    assert per_row.shape == (2,)
+    batched = patch_resid(
+        model, clean, corrupted, logit_diff_metric(3, 5, pos=batch.last_index), layers=[0, 1]
+    )
+    alone = [
+        patch_resid(model, [c], [k], logit_diff_metric(3, 5), layers=[0, 1], positions=range(4))
+        for c, k in zip(clean, corrupted)
+    ]
+    torch.testing.assert_close(batched[:, :4], (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="differ in length.*position_map"):
+        patch_resid(model, clean, [corrupted[1], corrupted[0]], logit_diff_metric(3, 5), layers=[0])
+    with pytest.raises(
+        ValueError,
+        match="position_map sends corrupted position 5 to clean position 5, which is padding in rows \\[1\\]",
+    ):
+        patch_resid(
+            model, [clean[1], clean[0]], corrupted, logit_diff_metric(3, 5), layers=[0], position_map={5: 5}
+        )
+    mapped = patch_resid(
+        model,
+        [clean[0]],
+        [corrupted[1]],
+        logit_diff_metric(3, 5),
+        layers=[0],
+        positions=[5],
+        position_map={5: 3},
+    )
+    assert mapped.shape == (1, 1) and torch.isfinite(mapped).all()

@@ -365,6 +365,36 @@ def stepper_view_rewind_past_the_steps(scratch: Path) -> Any:
     return view.rewind_to(3)
 
 
+# -- ragged batches and padding (task h5) --
+
+
+def float_token_id_list(scratch: Path) -> Any:
+    return MODEL.run_with_hooks([1.5, 5.0])
+
+
+def mask_of_the_wrong_shape(scratch: Path) -> Any:
+    return MODEL(torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3, dtype=torch.bool))
+
+
+def row_all_padding(scratch: Path) -> Any:
+    return MODEL(torch.ones(2, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 0], [0, 0, 0]]))
+
+
+def text_mixed_with_ids(scratch: Path) -> Any:
+    return MODEL.run_with_cache(["The cat", [1, 2, 3]])
+
+
+def pad_position_read_as_last(scratch: Path) -> Any:
+    _, cache = MODEL.run_with_cache([[1, 2], [3, 4, 5]], names_filter="blocks.0.hook_resid_post")
+    return cache.at("blocks.0.hook_resid_post", -1)
+
+
+def position_map_that_does_not_fit(scratch: Path) -> Any:
+    from llama3_lab.analysis import logit_diff_metric, patch_resid
+
+    return patch_resid(MODEL, [[1, 2, 3]], [[4, 5]], logit_diff_metric(1, 2), layers=[0], position_map={1: 7})
+
+
 CASES = [
     Case(hf_no_weights, FileNotFoundError, r"no model\.safetensors", r"found: config\.json"),
     Case(hf_pickled_bin_only, FileNotFoundError, r"no model\.safetensors", r"pytorch_model\.bin"),
@@ -458,6 +488,30 @@ CASES = [
         ValueError,
         r"load_model\(dtype=torch\.int32\): weights must be stored in a floating-point dtype",
         r"torch\.float32, torch\.bfloat16, torch\.float16",
+    ),
+    # -- ragged batches and padding (task h5) --
+    Case(float_token_id_list, TypeError, r"integer tensor.*float32", r"list of ints"),
+    Case(
+        mask_of_the_wrong_shape,
+        ValueError,
+        r"attention_mask has shape \(2, 3\).*\(2, 4\)",
+        r"one entry per token",
+    ),
+    Case(
+        row_all_padding, ValueError, r"rows \[1\] of the attention mask are all padding", r"Drop those rows"
+    ),
+    Case(
+        text_mixed_with_ids,
+        TypeError,
+        r"row 0: text, row 1: ids",
+        r"all texts, all chats or all token-id lists",
+    ),
+    Case(pad_position_read_as_last, ValueError, r"position -1 is padding in rows \[0\]", r"pos='last'"),
+    Case(
+        position_map_that_does_not_fit,
+        ValueError,
+        r"clean position 7.*clean ones 0\.\.2",
+        r"map positions that exist",
     ),
 ]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from llama3_lab.generation import GenerationError, generate, generate_tokens, make_generator
+from llama3_lab.generation import GenerationError, generate, generate_batch, generate_tokens, make_generator
 from llama3_lab.sampling import Sampling
 from llama3_lab.session import Session
 
@@ -114,7 +114,10 @@ def test_streaming_never_splits_a_character_and_adds_up(scripted) -> None:
     with script(ids):
         result = generate(model, "x", max_new_tokens=40, temperature=0)
     assert result == TEXT and result.tokens == [*ids, 2]
-    assert result.prompt_tokens == [tokenizer.bos_id, *tokenizer.encode("x")]
+    assert result.prompt_tokens == tokenizer.encode("x")  # SmolLM2's GGUF: add_bos_token = false
+    with script(ids):
+        chosen = generate(model, "x", max_new_tokens=1, temperature=0, prepend_bos=True)
+    assert chosen.prompt_tokens == [tokenizer.bos_id, *tokenizer.encode("x")]
 
 
 def test_stop_strings_cut_the_text_even_across_tokens(scripted) -> None:
@@ -175,3 +178,62 @@ def test_fast_generate_gives_the_same_text_and_tokens(smollm2) -> None:
     assert fast == eager and fast.tokens == eager.tokens and fast.stop_reason == eager.stop_reason
     streamed = "".join(generate(smollm2, messages, temperature=0, stream=True, fast={"compile": None}))
     assert streamed == eager
+
+
+# ---------------------------------------------------------------------------------------------
+# A batch of prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_batched_greedy_equals_each_prompt_alone_on_tiny_models(make_model) -> None:
+    model = make_model(seed=6, eos_token_id=None)
+    prompts = [PROMPT, [3], [9, 9, 4, 1, 2, 7, 7, 30, 11, 5], [40, 2]]
+    alone = [list(generate_tokens(model, p, 10, temperature=0)) for p in prompts]
+    stop = alone[2][3]  # row 2 stops early on this token; the others may too
+    batched = generate_batch(model, prompts, 10, temperature=0, stop=stop)
+    expected = [a[: a.index(stop) + 1] if stop in a else a for a in alone]
+    assert [g.tokens for g in batched] == expected
+    assert [g.prompt_tokens for g in batched] == prompts
+    assert batched[2].stop_reason == "stop_token" and len(batched[2].tokens) == alone[2].index(stop) + 1
+
+
+def test_batched_sampling_uses_one_generator_per_row(make_model) -> None:
+    model = make_model(seed=7, eos_token_id=None)
+    prompts = [PROMPT, [3, 4]]
+    hot = Sampling(temperature=1.0, top_p=1.0, top_k=None)
+    first = generate_batch(model, prompts, 8, hot, seed=[5, 9])
+    assert [g.tokens for g in first] == [
+        g.tokens for g in generate_batch(model, prompts, 8, hot, seed=[5, 9])
+    ]
+    for prompt, seed, row in zip(prompts, (5, 9), first):
+        assert list(generate_tokens(model, prompt, 8, hot, generator=make_generator(seed))) == row.tokens
+    with pytest.raises(GenerationError, match="one seed per prompt"):
+        generate_batch(model, prompts, 8, hot, seed=[1])
+
+
+def test_a_batch_is_not_streamed(scripted) -> None:
+    model, _ = scripted
+    with pytest.raises(GenerationError, match="a batch of prompts is not streamed"):
+        generate(model, ["a", "b c"], max_new_tokens=3, stream=True)
+
+
+def test_batched_stop_strings_end_each_row_on_its_own(scripted) -> None:
+    model, script = scripted
+    ids = model.tokenizer.encode(TEXT)
+    with script(ids + ids):  # both rows get the same forced logits at every step
+        out = generate(model, ["x", "a b c"], max_new_tokens=40, temperature=0, stop="naïve")
+    assert [str(g) for g in out] == ["Hi 🦙 ", "Hi 🦙 "] and {g.stop_reason for g in out} == {"stop_string"}
+
+
+def test_embedded_batched_greedy_equals_each_prompt_alone(smollm2) -> None:
+    prompts = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        "The capital of France is",
+        [{"role": "user", "content": "Name a colour."}],
+        "1, 2, 3, 4,",
+    ]
+    batched = generate(smollm2, prompts, max_new_tokens=16, temperature=0)
+    assert batched[0] == "The capital of France is Paris."
+    for prompt, row in zip(prompts, batched):
+        alone = generate(smollm2, prompt, max_new_tokens=16, temperature=0)
+        assert row.tokens == alone.tokens and row == alone and row.stop_reason == alone.stop_reason

@@ -56,7 +56,8 @@ def test_a_token_that_cannot_matter_gets_zero() -> None:
     """Causal attention: the target at position 3 cannot depend on later tokens."""
     model = tiny_model(seed=43)
     result = integrated_gradients(model, TOKENS, token_logit(5, position=3), steps=8)
-    assert torch.all(result.values[0, 4:] == 0) and torch.all(result.values[0, :4] != 0)
+    assert torch.all(result.values[0, 4:] == 0) and torch.all(result.values[0, 1:4] != 0)
+    assert result.values[0, 0] == 0, "the first position (the attention sink) keeps its own embedding"
 
 
 def test_generation_rows_attribute_each_new_token_to_what_came_before() -> None:
@@ -73,7 +74,7 @@ def test_generation_rows_attribute_each_new_token_to_what_came_before() -> None:
 
 @pytest.mark.slow
 def test_integrated_gradients_on_smollm2_are_complete(smollm2) -> None:
-    ids = smollm2.to_tokens("The capital of France is")
+    ids = smollm2.to_tokens("The capital of France is", prepend_bos=True)  # BOS is the attention sink
     paris = smollm2.tokenizer.encode(" Paris")[0]
     result = integrated_gradients(smollm2, ids, token_logprob(paris))  # baseline: <|endoftext|>, 128 steps
     gap = float(result.target[0] - result.baseline_target[0])

@@ -3,7 +3,7 @@
 
 - lens: ``logit_lens``, ``accumulated_resid``, ``decompose_resid``, ``apply_final_norm``, ``unembed``
 - attribution: ``direct_logit_attribution``, ``head_logit_attribution``, ``head_outputs``, ``logit_direction``
-- patching: ``patch_resid``, ``patch_head_z``, ``logit_diff_metric``
+- patching: ``patch_resid``, ``patch_head_z``, ``logit_diff``, ``logit_diff_metric``
 - ablation: ``ablate_heads``, ``ablate_mlps``, ``head_ablation_hooks``, ``mlp_ablation_hooks``,
   ``mean_activations``
 - steering: ``steering``, ``steering_hook``, ``steering_vector``
@@ -46,7 +46,7 @@ from .input_attribution import (
     token_logprob,
 )
 from .lens import accumulated_resid, apply_final_norm, decompose_resid, logit_lens, unembed
-from .patching import logit_diff_metric, patch_head_z, patch_resid
+from .patching import logit_diff, logit_diff_metric, patch_head_z, patch_resid
 from .statistics import bootstrap_ci, normalized_effect, patching_over_dataset
 from .steering import steering, steering_hook, steering_vector
 from .tables import TopTokens, top_k_tokens
@@ -77,6 +77,7 @@ __all__ = [
     "head_outputs",
     "induction_head_scores",
     "induction_scores",
+    "logit_diff",
     "logit_diff_metric",
     "logit_direction",
     "logit_lens",

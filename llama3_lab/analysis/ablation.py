@@ -23,9 +23,17 @@ Means = dict[str, torch.Tensor]
 
 @torch.no_grad()
 def mean_activations(model: HookedRootModule, tokens: TokensLike, names: Iterable[str]) -> Means:
-    """``{name: mean over batch and positions}`` (``z``: ``[H, d]``; ``mlp_out``: ``[D]``) on ``tokens``."""
+    """``{name: mean over batch and positions}`` (``z``: ``[H, d]``; ``mlp_out``: ``[D]``) on ``tokens``.
+
+    Prompts of different lengths are padded, and the mean is over their real tokens only."""
     _, cache = model.run_with_cache(tokens, names_filter=list(names))
-    return {name: tensor.mean(dim=(0, 1)) for name, tensor in cache.items()}
+    if cache.mask is None:
+        return {name: tensor.mean(dim=(0, 1)) for name, tensor in cache.items()}
+    means = {}
+    for name, tensor in cache.items():
+        weight = cache.mask.to(tensor.dtype).view(*cache.mask.shape, *[1] * (tensor.ndim - 2))
+        means[name] = (tensor * weight).sum(dim=(0, 1)) / cache.mask.sum()
+    return means
 
 
 def head_ablation_hooks(

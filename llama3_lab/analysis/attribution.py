@@ -17,6 +17,8 @@ from ..hooks import HookedRootModule
 from .lens import decompose_resid
 
 Tokens = int | torch.Tensor
+#: a column, or ``"last"``: each row's last real token (the same as -1 without padding)
+Position = int | str
 
 
 @torch.no_grad()
@@ -33,9 +35,9 @@ def logit_direction(model: HookedRootModule, token: Tokens, against: Tokens | No
     return direction * w_norm
 
 
-def _final_scale(cache: ActivationCache, pos: int) -> torch.Tensor:
+def _final_scale(cache: ActivationCache, pos: Position) -> torch.Tensor:
     """``[B]``: the final norm's RMS at ``pos``, from the cache (the one the model used)."""
-    return cache["ln_final.hook_scale"][:, pos, 0]
+    return cache.at("ln_final.hook_scale", pos)[:, 0, 0]
 
 
 def _project(components: torch.Tensor, direction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -51,14 +53,15 @@ def direct_logit_attribution(
     cache: ActivationCache,
     token: Tokens,
     against: Tokens | None = None,
-    pos: int = -1,
+    pos: Position = "last",
 ) -> tuple[torch.Tensor, list[str]]:
     """``([1 + 2L, B], labels)``: each component's direct contribution to the logit of ``token`` at ``pos``.
 
     Rows follow ``decompose_resid``: the embedding, then per layer its attention and its MLP. With
     ``against`` the target is the logit difference ``token − against``. The rows sum to the model's
     logit (difference) exactly, up to float rounding, because the cached final-norm scale is used.
-    Needs ``embed``, ``attn_out``, ``mlp_out`` and ``ln_final.hook_scale`` in the cache.
+    Needs ``embed``, ``attn_out``, ``mlp_out`` and ``ln_final.hook_scale`` in the cache. ``pos``
+    defaults to each row's last real token (a padded batch: ``token`` may be one id per row).
     """
     components, labels = decompose_resid(cache, pos=pos)
     direction = logit_direction(model, token, against)
@@ -67,7 +70,7 @@ def direct_logit_attribution(
 
 @torch.no_grad()
 def head_outputs(
-    model: HookedRootModule, cache: ActivationCache, layer: int, pos: int | None = None
+    model: HookedRootModule, cache: ActivationCache, layer: int, pos: Position | None = None
 ) -> torch.Tensor:
     """``[B, P, H, D]`` (or ``[B, H, D]`` at ``pos``): what each head of ``layer`` writes to the residual.
 
@@ -76,7 +79,7 @@ def head_outputs(
     """
     attn = model.blocks[layer].attn  # type: ignore[attr-defined]
     w_o = rearrange(attn.o_proj.weight, "D (h d) -> h d D", h=attn.n_heads)
-    z = cache["z", layer] if pos is None else cache["z", layer][:, pos]
+    z = cache["z", layer] if pos is None else cache.at(("z", layer), pos)[:, 0]
     return einsum(z, w_o, "... h d, h d D -> ... h D")
 
 
@@ -86,7 +89,7 @@ def head_logit_attribution(
     cache: ActivationCache,
     token: Tokens,
     against: Tokens | None = None,
-    pos: int = -1,
+    pos: Position = "last",
 ) -> torch.Tensor:
     """``[L, H, B]``: each attention head's direct contribution to the logit (difference) at ``pos``.
 

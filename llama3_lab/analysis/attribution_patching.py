@@ -14,8 +14,9 @@ pasting the clean activation raises the metric. Components:
   ``heads_by_position`` [L, P, H];
 - ``neurons`` [L, M]: each MLP neuron ``mlp.hook_post`` (summed over positions).
 
-The metric is one number (e.g. a mean over the batch), so an estimate is the change of that number when the
-component is patched in every row, as ``patch_resid`` measures; clean and corrupted must have the same shape.
+Pairs are aligned position by position (each clean row as long as its corrupted row; a ragged batch is
+padded alike). The metric is one number (e.g. a mean over the batch), so an estimate is the change of that
+number when the component is patched in every row, as ``patch_resid`` measures.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..gradients import Metric, run_with_cache_and_grads
 from ..hook_points import get_act_name
 from ..hooks import HookedRootModule
 from ..tokens import TokensLike
-from .patching import _check_same_shape
+from .patching import _patch_pairs
 
 COMPONENTS = ("resid", "heads", "neurons")
 
@@ -68,8 +69,7 @@ def attribution_patching(
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown:
         raise ValueError(f"unknown components {unknown}: choose from {COMPONENTS}.")
-    clean_ids, corrupted_ids = model.to_tokens(clean), model.to_tokens(corrupted)
-    _check_same_shape(clean_ids, corrupted_ids)
+    clean_ids, corrupted_ids, _ = _patch_pairs(model, clean, corrupted, None)  # rows of equal lengths
     layers = range(model.cfg.num_hidden_layers)  # type: ignore[attr-defined]
     acts = {"resid": "resid_pre", "heads": "z", "neurons": "post"}
     names = [get_act_name(acts[c], layer) for c in components for layer in layers]

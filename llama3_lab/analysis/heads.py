@@ -26,8 +26,17 @@ def _patterns(cache: ActivationCache) -> Iterator[torch.Tensor]:
 
 
 def _per_head(cache: ActivationCache, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``[L, H]``: ``score(pattern [B, H, Pq, Pk]) -> [B, H]`` for each layer, averaged over the batch."""
-    return torch.stack([score(pattern.float()).mean(0) for pattern in _patterns(cache)])
+    """``[L, H]``: ``score(pattern [B, H, Pq, Pk]) -> [B, H]`` for each layer, averaged over the batch.
+
+    In a padded batch each row is scored on its real queries and keys only (as if run alone)."""
+    if cache.mask is None:
+        return torch.stack([score(pattern.float()).mean(0) for pattern in _patterns(cache)])
+    keeps = [row.nonzero()[:, 0] for row in cache.mask]
+    per_layer = []
+    for pattern in _patterns(cache):
+        rows = [score(pattern[b][:, keep][:, :, keep].float()[None]) for b, keep in enumerate(keeps)]
+        per_layer.append(torch.cat(rows).mean(0))
+    return torch.stack(per_layer)
 
 
 def previous_token_scores(cache: ActivationCache) -> torch.Tensor:

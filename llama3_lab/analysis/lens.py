@@ -5,6 +5,9 @@ The residual after layer l is ``resid_post[l]``; the model's logits are
 ``unembed(ln_final(resid_post[L-1]))``. The logit lens applies the same two steps to every layer's
 residual, with the final norm's RMS recomputed from *that* residual: reusing the last layer's cached
 scale for every layer (a known bug elsewhere) mis-scales the early layers, whose residuals are smaller.
+
+``pos`` everywhere: None (all), an int, a slice, a list of columns, or ``"last"`` (each row's last real
+token). On a cache of a padded batch a column that is padding in some row is refused.
 """
 
 from __future__ import annotations
@@ -16,18 +19,13 @@ import torch
 from ..activation_cache import ActivationCache
 from ..hooks import HookedRootModule
 
-Positions = int | slice | Sequence[int] | None
+Positions = int | slice | Sequence[int] | str | None
 
 
-def _select_positions(tensor: torch.Tensor, pos: Positions, axis: int) -> torch.Tensor:
-    """Keep the positions ``pos`` along ``axis`` (an int keeps the axis with length 1)."""
-    if pos is None:
-        return tensor
-    if isinstance(pos, int):
-        pos = slice(pos, pos + 1) if pos != -1 else slice(-1, None)
-    if isinstance(pos, slice):
-        return tensor[(slice(None),) * (axis % tensor.ndim) + (pos,)]
-    return tensor.index_select(axis, torch.as_tensor(pos, device=tensor.device))
+def _select_positions(cache: ActivationCache, rows: torch.Tensor, pos: Positions) -> torch.Tensor:
+    """``rows [C, B, P, D]`` at positions ``pos`` (an int keeps the axis with length 1; ``"last"`` is each
+    row's last real token), refusing pads of a padded batch (``ActivationCache.at``)."""
+    return cache.at(rows, pos, shape="C B P D")
 
 
 def apply_final_norm(model: HookedRootModule, resid: torch.Tensor) -> torch.Tensor:
@@ -58,7 +56,7 @@ def accumulated_resid(
             labels.append(f"{layer}_mid")
     rows.append(cache["resid_post", cache.n_layers - 1])
     labels.append("final_post")
-    return _select_positions(torch.stack(rows), pos, axis=2), labels
+    return _select_positions(cache, torch.stack(rows), pos), labels
 
 
 def decompose_resid(cache: ActivationCache, pos: Positions = None) -> tuple[torch.Tensor, list[str]]:
@@ -71,7 +69,7 @@ def decompose_resid(cache: ActivationCache, pos: Positions = None) -> tuple[torc
     for layer in range(cache.n_layers):
         rows += [cache["attn_out", layer], cache["mlp_out", layer]]
         labels += [f"{layer}_attn_out", f"{layer}_mlp_out"]
-    return _select_positions(torch.stack(rows), pos, axis=2), labels
+    return _select_positions(cache, torch.stack(rows), pos), labels
 
 
 def logit_lens(model: HookedRootModule, cache: ActivationCache, pos: Positions = None) -> torch.Tensor:
@@ -81,6 +79,6 @@ def logit_lens(model: HookedRootModule, cache: ActivationCache, pos: Positions =
     L·B·P·V floats (30 layers × 128 positions × 49,152 tokens is 755 MB), so pass ``pos=-1`` to read only
     the prediction for the next token.
     """
-    resid = _select_positions(cache.stack("resid_post"), pos, axis=2)
+    resid = _select_positions(cache, cache.stack("resid_post"), pos)
     with torch.no_grad():
         return unembed(model, resid)

@@ -45,10 +45,16 @@ def steering(
 
 @torch.no_grad()
 def steering_vector(
-    model: HookedRootModule, positive: TokensLike, negative: TokensLike, hook_name: str, pos: int = -1
+    model: HookedRootModule,
+    positive: TokensLike,
+    negative: TokensLike,
+    hook_name: str,
+    pos: int | str = "last",
 ) -> torch.Tensor:
-    """``[D]``: activation at ``hook_name`` on ``positive`` minus on ``negative`` (at ``pos``, averaged
-    over the batch): the "activation addition" recipe for a steering direction."""
+    """``[D]``: activation at ``hook_name`` on ``positive`` minus on ``negative`` (at ``pos``, each averaged
+    over its batch): the "activation addition" recipe for a steering direction.
+
+    ``pos="last"``: each prompt's last real token, so prompts of different lengths may be mixed."""
     _, plus = model.run_with_cache(positive, names_filter=hook_name)
     _, minus = model.run_with_cache(negative, names_filter=hook_name)
-    return (plus[hook_name][:, pos] - minus[hook_name][:, pos]).mean(0)
+    return plus.at(hook_name, pos)[:, 0].mean(0) - minus.at(hook_name, pos)[:, 0].mean(0)
