@@ -161,12 +161,13 @@ class Session:
 
     ``keep_full`` (default ``KEEP_FULL`` = 16): how many of the newest records stay full
     (``StepRecord.compact`` for the others); None keeps every record full (memory then grows with the
-    square of the length). Bytes kept per step, measured (SmolLM2-135M, float32, CPU): the newest
-    ``keep_full`` records at about 0.27 MB + 1,080 bytes per position each; every older one 120 bytes of
-    tensors plus its top-k row; and the random state before each step that drew randomness, 5,056 bytes
-    on a CPU generator (16 on CUDA; greedy and forced steps share the state before them). Without the
-    bound a 400-step session held about 186 MB; with it, 2,000 sampled steps hold about 9 MB of compact
-    state, and the KV cache (bounded by the context) is apart.
+    square of the length). Bytes kept, measured (SmolLM2-135M, float32, CPU, sampled steps): each of the
+    newest ``keep_full`` records 265,728 + 1,080 · position bytes; every older one 120 bytes of tensors
+    plus its top-k row; and the random state before each step that drew randomness, 5,056 bytes on a CPU
+    generator (greedy and forced steps share the state before them). 400 steps held 200 MB of record
+    tensors with ``keep_full=None`` and 13.3 MB with the default; 2,000 steps hold about 10.4 MB of
+    compact state plus the full window (16 × 2.4 MB at position 2,000). The KV cache, bounded by the
+    context, is apart.
 
     State: ``tokens`` (prompt + new), ``prompt_tokens``, ``history`` (records), ``text`` (the new text),
     ``cache`` (the ``KVCache``, holding every token but the last), ``done`` (the last token is a stop
