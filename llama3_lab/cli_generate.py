@@ -8,6 +8,47 @@ from typing import Any, TextIO
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
+#: The dtypes a model computes in, by every name the command line accepts (torch's names as values).
+COMPUTE_DTYPES = {
+    **dict.fromkeys(("float32", "fp32", "f32", "float"), "float32"),
+    **dict.fromkeys(("bfloat16", "bf16"), "bfloat16"),
+    **dict.fromkeys(("float16", "fp16", "f16", "half"), "float16"),
+    **dict.fromkeys(("float64", "fp64", "f64", "double"), "float64"),
+}
+
+
+def dtype_arg(text: str) -> str:
+    """``--dtype``: a floating dtype the model can compute in, as torch names it (``bf16`` → ``bfloat16``)."""
+    name = COMPUTE_DTYPES.get(text.lower().removeprefix("torch."))
+    if name is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a dtype the model computes in: use float32, bfloat16 (bf16) or float16 (fp16)"
+        )
+    return name
+
+
+def device_arg(text: str) -> str:
+    """``--device``: a torch device that exists here (checked before the model loads)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "is a CPU-only build" if torch.version.cuda is None else "sees no GPU (or no driver)"
+            raise argparse.ArgumentTypeError(
+                f"{text} asked for, but torch {torch.__version__} {why}: use --device cpu, or leave "
+                "--device out (a GPU is used when torch sees one)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text} asked for, but torch sees {torch.cuda.device_count()} GPU(s): "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    return text
+
 
 def _add_model_and_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -15,8 +56,15 @@ def _add_model_and_sampling(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"model name, checkpoint directory or .gguf (default {DEFAULT_MODEL})",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: float32 on CPU)")
+    parser.add_argument(
+        "--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+    )
+    parser.add_argument(
+        "--dtype",
+        type=dtype_arg,
+        default=None,
+        help="float32, bfloat16 (bf16), float16 (fp16) (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     # Sampling defaults (None here) are Sampling's own, so they live in one place: llama3_lab.sampling.
     parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.6)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus mass, 1 = off (default 0.9)")
@@ -74,11 +122,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return loading.load_model(args.model, device=args.device, dtype=args.dtype, progress=False), options
 
 
-def _fail(error: Exception) -> int:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-
-
 def _stream(model: Any, prompt: Any, options: dict[str, Any], out: TextIO) -> str:
     from .generation import generate
 
@@ -92,27 +135,23 @@ def _stream(model: Any, prompt: Any, options: dict[str, Any], out: TextIO) -> st
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .sampling import GenerationError
-
+    """Errors (bad settings, a model that does not load, non-finite logits) propagate to ``cli.main``,
+    which prints them in one line."""
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    try:
-        model, options = _load(args)
-        if args.chat:
-            system = [{"role": "system", "content": args.system}] if args.system else []
-            prompt = [*system, {"role": "user", "content": prompt}]
-        _stream(model, prompt, options, sys.stdout)
-    except GenerationError as error:
-        return _fail(error)
+    model, options = _load(args)
+    if args.chat:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompt = [*system, {"role": "user", "content": prompt}]
+    _stream(model, prompt, options, sys.stdout)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    """A failed turn (e.g. a conversation longer than the context) is reported and the chat goes on."""
+    from .cli import error_message
     from .sampling import GenerationError
 
-    try:
-        model, options = _load(args)
-    except GenerationError as error:
-        return _fail(error)
+    model, options = _load(args)
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
     interactive = sys.stdin.isatty()
@@ -140,7 +179,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             reply = _stream(model, messages, options, sys.stdout)
         except GenerationError as error:
             messages.pop()
-            print(f"error: {error} (/reset starts a new conversation)", file=sys.stderr, flush=True)
+            print(
+                f"error: {error_message(error)} (/reset starts a new conversation)",
+                file=sys.stderr,
+                flush=True,
+            )
             continue
         messages.append({"role": "assistant", "content": reply})
     return 0

@@ -11,6 +11,7 @@ stream, and rewind its random stream without touching its settings.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -22,8 +23,46 @@ class GenerationError(ValueError):
     """A generation argument is out of range; the message says which and how to fix it."""
 
 
+class NonFiniteLogitsError(GenerationError):
+    """The logits a token would be drawn from hold NaN or +inf (or are all -inf): any token drawn from
+    them would be arbitrary (the argmax of NaN logits is id 0), so none is drawn."""
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite_logits(logits: torch.Tensor, position: int | None = None) -> None:
+    """Raise ``NonFiniteLogitsError`` unless every row of ``logits [..., V]`` can be sampled from.
+
+    A row can when it holds no NaN and no +inf and at least one finite value; -inf entries are fine (a
+    hook that bans tokens writes them). One ``amax`` per row decides it, since NaN and +inf propagate
+    through a max and an all -inf row has max -inf; the counts in the message are computed only when
+    the check fails. ``position`` (the index the token would take) is named in the message when given.
+    """
+    if bool(torch.isfinite(logits.amax(dim=-1)).all()):
+        return
+    rows = logits.reshape(-1, logits.shape[-1])
+    bad_rows = (~torch.isfinite(rows.amax(dim=-1))).nonzero().flatten().tolist()
+    n_nan, n_inf = int(rows.isnan().sum()), int((rows == float("inf")).sum())
+    where = f"for position {position}" if position is not None else "of this step"
+    batch = f" (batch rows {bad_rows[:8]})" if rows.shape[0] > 1 else ""
+    found = f"{n_nan} NaN and {n_inf} +inf values" if n_nan or n_inf else "only -inf values"
+    raise NonFiniteLogitsError(
+        f"the logits {where}{batch} are not finite: {found} among {rows.shape[-1]:,} per row, so no "
+        "token can be drawn (an argmax would silently pick id 0). Likely causes: a weight that is NaN or "
+        "inf (check: [n for n, p in model.named_parameters() if not p.isfinite().all()]), a hook that "
+        "wrote NaN/inf into an activation, or float16 overflow. Fix the weights or the hook, or load the "
+        "model in float32 or bfloat16."
+    )
+
+
+def scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(logits - max) / temperature`` in float32: softmax of it is softmax(logits / temperature), but
+    it never overflows, however small the temperature (the max becomes 0, every other logit is <= 0,
+    at worst -inf), so any temperature > 0 is safe and a tiny one tends to the argmax."""
+    logits = logits.float()
+    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
 
 
 @dataclass(frozen=True)
@@ -32,7 +71,11 @@ class Sampling:
     tokens, then to the nucleus of mass ``top_p``, renormalised.
 
     ``temperature == 0`` is greedy (argmax, no randomness); ``top_k=None`` and ``top_p=1.0`` switch those
-    truncations off. The defaults are those of Meta's Llama 3 ``generation.py``.
+    truncations off. The defaults are those of Meta's Llama 3 ``generation.py``. Any finite temperature
+    > 0 is computed stably (``scaled_logits``): a temperature of 1e-30 is the argmax, not an overflow.
+
+    ``probs`` and ``sample`` (the one place every sampler passes) refuse logits holding NaN or +inf with
+    ``NonFiniteLogitsError`` (``check_finite_logits``) instead of drawing an arbitrary token.
     """
 
     temperature: float = 0.6
@@ -41,12 +84,13 @@ class Sampling:
 
     def __post_init__(self) -> None:
         temperature, top_p, top_k = self.temperature, self.top_p, self.top_k
-        if not _is_number(temperature) or temperature < 0:
+        if not _is_number(temperature) or not 0 <= temperature < math.inf:
             raise GenerationError(
-                f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}; "
-                "use temperature=0 for deterministic argmax decoding."
+                f"temperature must be a number >= 0 and finite (0 means greedy), got {temperature!r}; "
+                "use temperature=0 for deterministic argmax decoding (any finite temperature > 0 is "
+                "computed stably, however small)."
             )
-        if not _is_number(top_p) or not 0 < top_p <= 1:
+        if not _is_number(top_p) or not 0 < top_p <= 1:  # NaN fails the comparison too
             raise GenerationError(
                 f"top_p must be in (0, 1], got {top_p!r}; use top_p=1.0 to switch nucleus sampling off."
             )
@@ -59,12 +103,15 @@ class Sampling:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution a token is drawn from, ``[..., V]`` float32 (a one-hot argmax when greedy)."""
+    def probs(self, logits: torch.Tensor, *, position: int | None = None) -> torch.Tensor:
+        """The distribution a token is drawn from, ``[..., V]`` float32 (a one-hot argmax when greedy).
+
+        Raises ``NonFiniteLogitsError`` (naming ``position`` when given) for NaN or +inf logits."""
+        check_finite_logits(logits, position)
         logits = logits.float()
         if self.greedy:
             return torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-        probs = torch.softmax(logits / self.temperature, dim=-1)
+        probs = torch.softmax(scaled_logits(logits, self.temperature), dim=-1)
         if self.top_k is not None:
             probs = probs * top_k_mask(probs, self.top_k)
             probs = probs / probs.sum(dim=-1, keepdim=True)
@@ -73,15 +120,23 @@ class Sampling:
             probs = probs / probs.sum(dim=-1, keepdim=True)
         return probs
 
-    def sample(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        logits: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        position: int | None = None,
+    ) -> torch.Tensor:
         """Draw the next token id from ``logits [..., V]``: a LongTensor ``[...]`` on the same device.
 
         Greedy is an argmax and consumes no randomness; otherwise one draw from ``probs(logits)`` with
-        ``generator``. Nothing leaves the device, so a decode loop syncs only when it reads the id.
+        ``generator``. The ids stay on the device; the finiteness check reads one boolean per call
+        (``NonFiniteLogitsError``, naming ``position`` when given, for NaN or +inf logits).
         """
         if self.greedy:
+            check_finite_logits(logits, position)
             return logits.argmax(dim=-1)
-        probs = self.probs(logits)
+        probs = self.probs(logits, position=position)
         flat = probs.reshape(-1, probs.shape[-1])
         return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 

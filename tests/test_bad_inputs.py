@@ -9,6 +9,7 @@ matches the row's ``cause`` and ``fix`` patterns, and that nothing was left behi
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from llama3_lab.hook_points import HookNameError, HookReturnError
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
 from llama3_lab.memory import MemoryBudgetError
+from llama3_lab.sampling import NonFiniteLogitsError
 from llama3_lab.session import Session
 
 MODEL = tiny_model(seed=11)
@@ -310,6 +312,78 @@ def integer_dtype_argument(scratch: Path) -> Any:
     return load_model(_saved(scratch), device="cpu", dtype=torch.int32, progress=False)
 
 
+# -- trust: no silent wrong result in generation, sessions and the CLI (provokers) ----------------------
+
+
+def nan_written_by_a_hook(scratch: Path) -> Any:
+    with MODEL.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda resid, hook: resid * float("nan"))]):
+        return list(generate_tokens(MODEL, [1, 2, 3], max_new_tokens=2, temperature=0))
+
+
+def nan_logits_in_a_session_step(scratch: Path) -> Any:
+    session = Session(MODEL, [1, 2, 3], temperature=0.7, seed=0)
+    with MODEL.hooks(fwd_hooks=[("unembed.hook_out", lambda logits, hook: logits + float("inf"))]):
+        return session.step()
+
+
+def nan_temperature(scratch: Path) -> Any:
+    return sample_next(torch.zeros(5), temperature=float("nan"))
+
+
+def negative_record_top_k(scratch: Path) -> Any:
+    return Session(MODEL, [1, 2, 3], temperature=0, record_top_k=-1)
+
+
+def negative_keep_full(scratch: Path) -> Any:
+    return Session(MODEL, [1, 2, 3], temperature=0, keep_full=-1)
+
+
+def text_seed(scratch: Path) -> Any:
+    return Session(MODEL, [1, 2, 3], temperature=0, seed="42")
+
+
+def step_n_after_the_end(scratch: Path) -> Any:
+    session = Session(MODEL, [1, 2, 3], temperature=0, stop=list(range(MODEL.cfg.vocab_size)))
+    session.step()
+    return session.step(3)
+
+
+def logit_lens_of_a_compact_record(scratch: Path) -> Any:
+    session = Session(MODEL, [1, 2, 3], temperature=0, keep_full=1)
+    session.step(2)
+    return session.history[0].logit_lens
+
+
+def stepper_layer_out_of_range(scratch: Path) -> Any:
+    from llama3_lab.widgets import GenerationStepper
+
+    return GenerationStepper(MODEL, [1, 2, 3], layer=MODEL.cfg.num_hidden_layers)
+
+
+def stepper_head_out_of_range(scratch: Path) -> Any:
+    from llama3_lab.widgets import GenerationStepper
+
+    return GenerationStepper(MODEL, [1, 2, 3], head=-1)
+
+
+def cli_integer_dtype(scratch: Path) -> Any:
+    from llama3_lab.cli_generate import dtype_arg
+
+    return dtype_arg("int32")
+
+
+def plan_unknown_model(scratch: Path) -> Any:
+    from llama3_lab.cli import plan_text
+
+    return plan_text("llama3.1-7b", gpus="2x80GB")
+
+
+def plan_context_beyond_the_model(scratch: Path) -> Any:
+    from llama3_lab.cli import plan_text
+
+    return plan_text("llama3-70b", gpus="2x80GB", context=9000)
+
+
 @dataclass(frozen=True)
 class Case:
     provoke: Callable[[Path], Any]
@@ -513,6 +587,49 @@ CASES = [
         r"clean position 7.*clean ones 0\.\.2",
         r"map positions that exist",
     ),
+    # -- trust: no silent wrong result in generation, sessions and the CLI --------------------------
+    Case(
+        nan_written_by_a_hook, NonFiniteLogitsError, r"logits of this step are not finite: \d+ NaN", r"a hook"
+    ),
+    Case(
+        nan_logits_in_a_session_step, NonFiniteLogitsError, r"logits for position 3 are not finite", r"weight"
+    ),
+    Case(
+        nan_temperature,
+        GenerationError,
+        r"temperature must be a number >= 0 and finite.*got nan",
+        r"temperature=0",
+    ),
+    Case(
+        negative_record_top_k,
+        GenerationError,
+        r"record_top_k must be an int >= 1.*got -1",
+        r"record_top_k=10",
+    ),
+    Case(
+        negative_keep_full,
+        GenerationError,
+        r"keep_full must be None or an int >= 0.*got -1",
+        r"None to keep all",
+    ),
+    Case(text_seed, GenerationError, r"seed must be an int or None, got '42'", r"seed=0"),
+    Case(step_n_after_the_end, GenerationError, r"the session ended with stop token", r"rewind\(1\)"),
+    Case(logit_lens_of_a_compact_record, GenerationError, r"position 3 is compact", r"larger keep_full"),
+    Case(
+        stepper_layer_out_of_range,
+        ValueError,
+        r"layer must be an int in 0\.\.1 \(the model has 2\), got 2",
+        r"0\.\.1",
+    ),
+    Case(stepper_head_out_of_range, ValueError, r"head must be an int in 0\.\.7", r"got -1"),
+    Case(cli_integer_dtype, argparse.ArgumentTypeError, r"'int32' is not a dtype", r"bfloat16"),
+    Case(
+        plan_unknown_model,
+        ValueError,
+        r"'llama3\.1-7b' is neither a config file nor a known model",
+        r"llama3\.1-8b",
+    ),
+    Case(plan_context_beyond_the_model, ValueError, r"--context 9,000 is beyond", r"--context 8192 or less"),
 ]
 
 

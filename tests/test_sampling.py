@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llama3_lab.generation import generate_tokens
 from llama3_lab.sampling import (
     GenerationError,
+    NonFiniteLogitsError,
     Sampling,
+    check_finite_logits,
     make_generator,
     resolve_sampling,
     sample_next,
@@ -86,6 +89,9 @@ def test_same_seed_same_draws_and_draws_follow_the_distribution() -> None:
     ("kwargs", "message"),
     [
         ({"temperature": -0.1}, "temperature must be a number >= 0"),
+        ({"temperature": float("nan")}, "temperature must be a number >= 0 and finite"),
+        ({"temperature": float("inf")}, "temperature must be a number >= 0 and finite"),
+        ({"top_p": float("nan")}, "top_p must be in (0, 1]"),
         ({"top_p": 0.0}, "top_p must be in (0, 1]"),
         ({"top_p": 1.5}, "top_p must be in (0, 1]"),
         ({"top_k": 0}, "top_k must be None or an int >= 1"),
@@ -157,3 +163,66 @@ def test_sampled_frequencies_follow_sampling_probs(
     # The test has the power to see a small error: drawing at 1.03 x the temperature fails it.
     too_hot = sample_next(batch, 1.03 * temperature, top_p, top_k, make_generator(0))
     assert goodness_of_fit(too_hot, probs) < ALPHA
+
+
+# ---------------------------------------------------------------------------------------------
+# Logits that cannot be sampled from, temperatures at the edge
+# ---------------------------------------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "sampling", [Sampling(temperature=0), Sampling(1.0, 0.9, 5)], ids=["greedy", "sampled"]
+)
+@pytest.mark.parametrize(
+    ("bad", "found"),
+    [
+        ([1.0, NAN, 0.5], "1 NaN and 0 \\+inf"),
+        ([1.0, INF, 0.5], "0 NaN and 1 \\+inf"),
+        ([-INF] * 3, "only -inf"),
+    ],
+)
+def test_non_finite_logits_raise_instead_of_emitting_a_token(
+    sampling: Sampling, bad: list, found: str
+) -> None:
+    logits = torch.tensor(bad)
+    with pytest.raises(
+        NonFiniteLogitsError, match=f"logits for position 17 are not finite: {found}"
+    ) as raised:
+        sampling.sample(logits, make_generator(0), position=17)
+    assert "hook that wrote NaN" in str(raised.value) and isinstance(raised.value, GenerationError)
+    with pytest.raises(NonFiniteLogitsError, match="logits of this step"):
+        sampling.probs(logits)
+    # a batch names its bad rows
+    batch = torch.stack([torch.zeros(3), logits, torch.zeros(3)])
+    with pytest.raises(NonFiniteLogitsError, match=r"batch rows \[1\]"):
+        sampling.sample(batch, make_generator(0))
+
+
+def test_minus_inf_logits_ban_tokens_and_are_allowed() -> None:
+    logits = torch.tensor([-INF, 0.0, -INF, 1.0])
+    check_finite_logits(logits)  # no error: -inf is how a hook bans a token
+    draws = Sampling(1.0, 1.0).sample(logits.expand(2000, -1), make_generator(0))
+    assert set(draws.unique().tolist()) == {1, 3}
+    assert int(Sampling(temperature=0).sample(logits)) == 3
+
+
+def test_a_nan_weight_is_an_error_not_an_empty_generation(make_model) -> None:
+    model = make_model(seed=4)
+    with torch.no_grad():
+        model.blocks[1].mlp.down_proj.weight[3, 5] = NAN
+    with pytest.raises(NonFiniteLogitsError, match="non-finite|NaN or inf"):
+        list(generate_tokens(model, [1, 5, 17], 4, temperature=0))
+    with pytest.raises(NonFiniteLogitsError):
+        list(generate_tokens(model, [1, 5, 17], 4, temperature=0.8, generator=make_generator(0)))
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-6])
+def test_a_tiny_temperature_is_computed_stably_and_is_the_argmax(temperature: float) -> None:
+    logits = 50 * torch.randn(4, 1000, generator=torch.Generator().manual_seed(1))
+    probs = sampling_probs(logits, temperature=temperature, top_p=1.0)
+    assert probs.isfinite().all()  # logits / 1e-45 alone would be inf, and softmax of it NaN
+    assert torch.equal(probs.argmax(-1), logits.argmax(-1)) and torch.equal(probs.amax(-1), torch.ones(4))
+    draws = sample_next(logits, temperature=temperature, generator=make_generator(0))
+    assert torch.equal(draws, logits.argmax(-1))

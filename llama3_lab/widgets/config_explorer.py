@@ -1,6 +1,7 @@
 """ConfigExplorer: pick a Llama 3 model, slide the sequence length and batch, read what it costs.
 
-Every number comes from :class:`~llama3_lab.config.LlamaConfig` (``parameter_breakdown``, ``weights_bytes``,
+The models offered are :data:`llama3_lab.known_configs.KNOWN_CONFIGS`. Every number comes from
+:class:`~llama3_lab.config.LlamaConfig` (``parameter_breakdown``, ``weights_bytes``,
 ``kv_cache_bytes``, ``activation_bytes``); the explorer only chooses which config and which sizes to ask
 about.
 """
@@ -8,112 +9,19 @@ about.
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from ..config import LLAMA31_ROPE_SCALING, LlamaConfig
+from ..config import LlamaConfig
+from ..known_configs import KNOWN_CONFIGS, known_config
 from ..units import format_bytes
 from ..viz import config_breakdown
 from ..viz._common import bare_figure
 from ._base import Explorer, figure_png, image_view
 
-_LLAMA3_COMMON: dict[str, Any] = {
-    "vocab_size": 128256,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
-    "bos_token_id": 128000,
-}
-_LLAMA31_CONTEXT = {"max_position_embeddings": 131072, "rope_scaling": dict(LLAMA31_ROPE_SCALING)}
-_LLAMA32_CONTEXT = {
-    "max_position_embeddings": 131072,
-    "rope_scaling": {**LLAMA31_ROPE_SCALING, "factor": 32.0},
-}
-
-KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    # The published Hugging Face config.json of each model (the fields LlamaConfig models).
-    "Llama 3 8B": {
-        **_LLAMA3_COMMON,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 8192,
-        "eos_token_id": 128001,
-    },
-    "Llama 3.1 8B": {
-        **_LLAMA3_COMMON,
-        **_LLAMA31_CONTEXT,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "eos_token_id": 128001,
-    },
-    "Llama 3.1 70B": {
-        **_LLAMA3_COMMON,
-        **_LLAMA31_CONTEXT,
-        "hidden_size": 8192,
-        "intermediate_size": 28672,
-        "num_hidden_layers": 80,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 8,
-        "eos_token_id": 128001,
-    },
-    "Llama 3.2 1B": {
-        **_LLAMA3_COMMON,
-        **_LLAMA32_CONTEXT,
-        "hidden_size": 2048,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 16,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
-        "tie_word_embeddings": True,
-        "eos_token_id": 128001,
-    },
-    "Llama 3.2 3B": {
-        **_LLAMA3_COMMON,
-        **_LLAMA32_CONTEXT,
-        "hidden_size": 3072,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 24,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "tie_word_embeddings": True,
-        "eos_token_id": 128001,
-    },
-    "SmolLM2-135M": {
-        "vocab_size": 49152,
-        "hidden_size": 576,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 30,
-        "num_attention_heads": 9,
-        "num_key_value_heads": 3,
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 100000.0,
-        "tie_word_embeddings": True,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    },
-}
-"""Configs of the models the explorer offers, by display name."""
-
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
 SEQ_LENGTHS = tuple(2**k for k in range(7, 18))  # 128 .. 131072
-
-
-def known_config(name: str) -> LlamaConfig:
-    """The :class:`LlamaConfig` of a model in :data:`KNOWN_CONFIGS` by display name."""
-    try:
-        return LlamaConfig.from_dict(KNOWN_CONFIGS[name])
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; choose one of {sorted(KNOWN_CONFIGS)}.") from None
 
 
 class ConfigExplorer(Explorer):

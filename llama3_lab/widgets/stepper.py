@@ -64,6 +64,7 @@ class GenerationStepper(Explorer):
         sampling_options = {name: kwargs.pop(name) for name in SAMPLING_FIELDS if name in kwargs}
         sampling = resolve_sampling(sampling, sampling_options, GREEDY, caller="GenerationStepper")
         cfg = model.cfg
+        _check_view_arguments(cfg, layer, head, kwargs.get("keep_full", 1))
         self.model = model
         self.session = Session(model, prompt, sampling, seed=seed, **kwargs)
         self._seed_used = seed
@@ -83,18 +84,31 @@ class GenerationStepper(Explorer):
         self.temperature = labelled(
             "temperature",
             widgets.FloatSlider(
-                value=sampling.temperature, min=0.0, max=2.0, step=0.05, continuous_update=False
+                value=sampling.temperature,
+                min=0.0,
+                max=max(2.0, sampling.temperature),  # a slider clamps a value beyond its range
+                step=0.05,
+                continuous_update=False,
             ),
         )
         self.top_k = labelled(
             "top-k (0 = off)",
             widgets.IntSlider(
-                value=sampling.top_k or 0, min=0, max=min(200, cfg.vocab_size), continuous_update=False
+                value=sampling.top_k or 0,
+                min=0,
+                max=min(max(200, sampling.top_k or 0), cfg.vocab_size),
+                continuous_update=False,
             ),
         )
         self.top_p = labelled(
             "top-p",
-            widgets.FloatSlider(value=sampling.top_p, min=0.05, max=1.0, step=0.05, continuous_update=False),
+            widgets.FloatSlider(
+                value=sampling.top_p,
+                min=min(0.05, sampling.top_p),
+                max=1.0,
+                step=0.05,
+                continuous_update=False,
+            ),
         )
         self.seed = labelled("seed (on Reset)", widgets.IntText(value=seed))
         self.seed.layout.width = "220px"
@@ -273,8 +287,9 @@ class GenerationStepper(Explorer):
         n_keys = records[-1].position
         rows = np.full((len(records), n_keys), np.nan)
         for i, record in enumerate(records):
-            row = self.attention_row(record)
-            rows[i, : row.size] = row
+            if record.full:  # older records are compact (Session(keep_full=...)): their rows stay blank
+                row = self.attention_row(record)
+                rows[i, : row.size] = row
         first_query = records[0].position - 1
         strings = self._token_strings()
         width = float(np.clip(0.16 * min(n_keys, 512) + 2.0, 4.5, 10.0))
@@ -290,3 +305,21 @@ class GenerationStepper(Explorer):
     def figure(self) -> Figure:
         """Static fallback: the token strip with the newest step's attention."""
         return self.strip_figure()
+
+
+def _check_view_arguments(cfg: Any, layer: int | None, head: int, keep_full: int | None) -> None:
+    """The stepper's own arguments: a slider would silently clamp a layer or head out of range."""
+
+    def in_range(value: Any, n: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n
+
+    layers, heads = cfg.num_hidden_layers, cfg.num_attention_heads
+    if layer is not None and not in_range(layer, layers):
+        raise ValueError(f"layer must be an int in 0..{layers - 1} (the model has {layers}), got {layer!r}.")
+    if not in_range(head, heads):
+        raise ValueError(f"head must be an int in 0..{heads - 1} (each layer has {heads}), got {head!r}.")
+    if keep_full == 0:
+        raise ValueError(
+            "keep_full=0 leaves no full record, and the stepper draws the newest step's attention: "
+            "use keep_full >= 1 (or None to keep every record full)."
+        )
