@@ -37,12 +37,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    if args.repair:  # verify everything by content and rebuild what fails (converted models, sidecars)
+        from .loading import repair
+
+        for line in repair(progress=not args.quiet):
+            print(line)
+        return 0
     from .assets import fetch_assets
 
-    # --repair: today every fetch re-verifies each cached file (size and sha256) and fetches again what is
-    # missing or fails; the repair function (which also rebuilds the converted models and tokenizer
-    # sidecars) is wired in here when it lands.
-    paths = fetch_assets(progress=not args.quiet)
+    paths = fetch_assets(progress=not args.quiet)  # every cached file is checked by content
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -160,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repair",
         action="store_true",
-        help="re-verify every cached asset against its pinned size and sha256 and fetch again any that is "
-        "missing or corrupt (the corrupt copy is kept as <name>.corrupt)",
+        help="verify the whole cache by content and rebuild what fails: assets (a corrupt copy is kept as "
+        "<name>.corrupt and fetched again), converted models and tokenizer sidecars",
     )
     p.set_defaults(func=_cmd_fetch)
 
