@@ -112,22 +112,21 @@ def test_the_installed_command_prints_one_line(tmp_path: Path) -> None:
     assert len(done.stderr.splitlines()) == 1 and done.stderr.startswith("error: argument --dtype")
 
 
-def test_fetch_repair_reverifies_the_assets(monkeypatch, capsys) -> None:
-    import llama3_lab.assets
+def test_fetch_repair_runs_the_cache_repair(monkeypatch, capsys) -> None:
+    import llama3_lab.loading
 
     calls = []
 
-    def fetch_assets(progress=True):
+    def repair(progress=True):
         calls.append(progress)
-        return {"llama3/tokenizer.model": Path("/cache/llama3/tokenizer.model")}
+        return ["smollm2-135m-instruct.gguf: ok", "models/smollm2-135m-instruct: rebuilt (stale stamp)"]
 
-    monkeypatch.setattr(llama3_lab.assets, "fetch_assets", fetch_assets)
+    monkeypatch.setattr(llama3_lab.loading, "repair", repair)
     status, out, _ = run(["fetch", "--repair", "--quiet"], capsys)
-    assert (
-        status == 0 and calls == [False] and out == "llama3/tokenizer.model: /cache/llama3/tokenizer.model\n"
-    )
+    assert status == 0 and calls == [False]
+    assert out == "smollm2-135m-instruct.gguf: ok\nmodels/smollm2-135m-instruct: rebuilt (stale stamp)\n"
     help_text = cli.build_parser()._subparsers._group_actions[0].choices["fetch"].format_help()
-    assert "re-verify every cached asset" in " ".join(help_text.split())
+    assert "verify the whole cache by content" in " ".join(help_text.split())
 
 
 def test_plan_of_the_repository_config_on_two_80gb_gpus(capsys) -> None:
@@ -144,7 +143,7 @@ def test_plan_of_the_repository_config_on_two_80gb_gpus(capsys) -> None:
         "(16)",
         "7.5",
         "GiB",
-        "74.5",
+        "70.8",
         "GiB",
         "64.0",
         "KiB",
@@ -157,7 +156,7 @@ def test_plan_of_the_repository_config_on_two_80gb_gpus(capsys) -> None:
         "(16)",
         "7.5",
         "GiB",
-        "74.5",
+        "70.8",
         "GiB",
         "64.0",
         "KiB",
