@@ -233,8 +233,8 @@ assert smol.num_parameters() == 134_515_008
 # %% [markdown]
 # ## 8. Explore: `ConfigExplorer`
 #
-# Pick a model (Llama 3/3.1/3.2 sizes), slide the sequence length and batch, switch the dtype: the table and
-# figure show parameters, weights, KV cache, attention-pattern and activation-cache memory, all computed by
+# Pick a model (the published Llama 3, 3.1 and 3.2 sizes from 1B to 405B, and SmolLM2-135M), slide the
+# sequence length and batch, switch the dtype: the table and figure show parameters, weights, KV cache, attention-pattern and activation-cache memory, all computed by
 # `LlamaConfig`. (Without a live kernel you see a static image of its state.)
 
 # %%
@@ -251,6 +251,8 @@ explorer
 
 # %%
 # NBVAL_CHECK_OUTPUT
+assert explorer.model.options == ("Llama 3 8B", "Llama 3 70B", "Llama 3.1 8B", "Llama 3.1 70B", "Llama 3.1 405B",
+                                  "Llama 3.2 1B", "Llama 3.2 3B", "SmolLM2-135M")
 assert explorer.numbers["parameters"] == total
 assert explorer.numbers["kv_cache_bytes"] == 8192 * kv_per_token
 probe = ConfigExplorer(model="Llama 3 8B", seq_len=8192, batch=1, dtype="bf16")
