@@ -10,11 +10,13 @@
 # - the real Llama 3 tokenizer: its split pattern (with `regex`), its ranks, its 256 special tokens;
 # - to re-derive Llama 3's token ids by hand and check them against the package;
 # - why a user typing `<|eot_id|>` does **not** produce the special token, and why that matters;
+# - which texts start with a BOS token (Llama 3: `<|begin_of_text|>`; SmolLM2: none) and what a stray one
+#   does to a greedy continuation;
 # - common mistakes: the double BOS, and decoding one token at a time.
 #
 # **Runs on:** the real Llama 3 tokenizer (Meta's `tokenizer.model`, fetched and cached on first use) and the
-# embedded SmolLM2-135M-Instruct tokenizer for comparison. No model weights; CPU only, with or without
-# `LLAMA3_LAB_WEIGHTS`.
+# embedded SmolLM2-135M-Instruct tokenizer for comparison; section 6 also loads the embedded SmolLM2-135M-Instruct
+# model (CPU, float32) for one greedy continuation. CPU only; `LLAMA3_LAB_WEIGHTS` changes nothing here.
 #
 # *Built with Meta Llama 3.* The Llama 3 tokenizer is Meta's, under the Llama 3 Community License.
 
@@ -286,7 +288,93 @@ text_box.value = "Hello, world!"  # put the box shown above back as it was
 assert token_view.value == render_tokens("Hello, world!")
 
 # %% [markdown]
-# ## 6. Common mistakes
+# ## 6. Does a text start with BOS? Each tokenizer decides
+#
+# A BOS (beginning-of-sequence) token is a fixed first token. Whether a plain text gets one is part of each
+# tokenizer's configuration, not of the architecture, and the two tokenizers here disagree. Both files say
+# so themselves; read them directly (`json` for Hugging Face's Llama 3 `tokenizer.json`, the `gguf` package
+# for SmolLM2's GGUF header) and compare with the `add_bos` the package's tokenizers carry:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import json
+
+from gguf import GGUFReader
+
+from llama3_lab.assets import asset_path
+
+template = json.loads(asset_path("llama3/tokenizer.json").read_text())["post_processor"]["processors"][-1]
+single = [next(iter(part.values()))["id"] for part in template["single"]]
+header = GGUFReader(asset_path("smollm2-135m-instruct.gguf"))
+field = header.fields["tokenizer.ggml.add_bos_token"]
+smol_file_adds_bos = bool(field.parts[field.data[0]][0])
+print("Llama 3 tokenizer.json, one text:", single, "-> add_bos =", llama.add_bos)
+print("SmolLM2 GGUF: tokenizer.ggml.add_bos_token =", smol_file_adds_bos, "-> add_bos =", smol.add_bos)
+print("SmolLM2's BOS id:", smol.bos_id, smol.token_strings([smol.bos_id]))
+assert single == ["<|begin_of_text|>", "A"] and llama.add_bos is True
+assert smol_file_adds_bos is False and smol.add_bos is False
+assert smol.token_strings([smol.bos_id]) == ["<|im_start|>"]
+
+# %% [markdown]
+# So Llama 3 texts start with `<|begin_of_text|>` (Meta's reference also encodes every prompt with
+# `bos=True`), and SmolLM2 texts start with their first word. SmolLM2's BOS id is `<|im_start|>`, the token
+# that opens every chat turn (notebook 10): its chats start with it, its plain texts do not.
+#
+# `to_tokens` and `to_str_tokens` (on every model, also used by `generate` and `run_with_cache`) follow
+# that setting with `prepend_bos=None`, the default; `True` or `False` chooses for you. They read the tokenizer
+# a model carries, so for Llama 3 a tiny random model holding the Llama 3 tokenizer is enough (its weights
+# play no part in encoding). SmolLM2 is the real embedded model, loaded here for the next experiment.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from llama3_lab import load_model
+from llama3_lab.config import LlamaConfig
+from llama3_lab.model import LlamaModel
+
+tiny_cfg = LlamaConfig.tiny(vocab_size=llama.n_vocab, bos_token_id=llama.bos_id, eos_token_id=llama.eos_id,
+                            tie_word_embeddings=True)
+llama_tiny = LlamaModel(tiny_cfg, tokenizer=llama)
+smol_model = load_model("smollm2-135m-instruct", progress=False)  # the embedded model, CPU, float32
+prompt = "The largest planet in the solar system is"
+first = {}
+for label, model in [("Llama 3", llama_tiny), ("SmolLM2", smol_model)]:
+    for prepend_bos in (None, True, False):
+        strings = model.to_str_tokens(prompt, prepend_bos=prepend_bos)
+        first[label, prepend_bos] = strings[0]
+        print(f"{label:8} prepend_bos={str(prepend_bos):5} -> {len(strings)} tokens, first {strings[0]!r}")
+assert first["Llama 3", None] == first["Llama 3", True] == "<|begin_of_text|>" != first["Llama 3", False]
+assert first["SmolLM2", None] == first["SmolLM2", False] == "The" and first["SmolLM2", True] == "<|im_start|>"
+
+# %% [markdown]
+# **Why it matters: a stray `<|im_start|>`.** A model's first position is special (notebooks 04 and 06
+# show how much), and SmolLM2 never sees `<|im_start|>` before a plain text unless someone puts it there.
+# Continue the same prompt greedily, once as the tokenizer encodes it and once with `prepend_bos=True`:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+plain = smol_model.generate(prompt, max_new_tokens=8, temperature=0)
+stray = smol_model.generate(prompt, max_new_tokens=8, temperature=0, prepend_bos=True)
+jupiter = smol.encode(" Jupiter")
+assert len(jupiter) == 1
+with torch.no_grad():
+    p_jupiter = {
+        name: smol_model(smol_model.to_tokens(prompt, prepend_bos=bos))[0, -1].softmax(-1)[jupiter[0]].item()
+        for name, bos in [("plain", None), ("stray", True)]
+    }
+print("as encoded:           ", repr(prompt + plain))
+print("with <|im_start|> first:", repr(prompt + stray))
+print(f"p(' Jupiter' next): {p_jupiter['plain']:.3f} as encoded, {p_jupiter['stray']:.3f} with <|im_start|> first")
+assert plain.startswith(" Jupiter") and "Jupiter" not in stray
+assert stray.tokens != plain.tokens and p_jupiter["stray"] < p_jupiter["plain"] / 2
+
+# %% [markdown]
+# One token that SmolLM2's own tokenizer would not have added changes its answer: as encoded, the greedy
+# continuation names Jupiter; with `<|im_start|>` in front it does not, and the probability of ` Jupiter` as
+# the next token drops (the numbers above). When you compare runs, notebooks or libraries, check the first
+# token: `to_str_tokens` shows it.
+
+# %% [markdown]
+# ## 7. Common mistakes
 #
 # **Double BOS.** `<|begin_of_text|>` must appear exactly once. Chat formatting already adds it; encoding the
 # rendered chat again with `bos=True` (or a library adding it "by default") gives two. The model was never
@@ -380,4 +468,6 @@ check_exercise(bpe_solution, llama.encode, " Größenordnung")
 # - Llama 3: split pattern → BPE per piece with 128,000 ranks (id = rank) → 256 special ids from 128000.
 # - Numbers split in groups of 3 digits (SmolLM2: single digits).
 # - Special-token text from users stays plain text; only the chat formatter inserts control tokens.
+# - BOS follows each tokenizer's own configuration: Llama 3 texts start with `<|begin_of_text|>`, SmolLM2 texts
+#   (GGUF `add_bos_token = false`) with their first word; `prepend_bos=True`/`False` chooses explicitly.
 # - Exactly one `<|begin_of_text|>`; decode bytes, not single tokens, when streaming.
