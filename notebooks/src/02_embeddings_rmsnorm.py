@@ -103,8 +103,7 @@ print(f"direct path predicts the input token itself for {(direct.argmax(-1) == s
 #
 # Every block *adds* its attention and MLP outputs to the residual stream, so its size drifts layer after layer.
 # Each block therefore reads a normalized copy. The figure shows ‖x‖ of the residual stream at every layer
-# and position (log colour scale). Note the first token: it stands out from the others in most layers
-# (notebook 07 measures by how much; an "attention sink", notebook 04).
+# and position (log colour scale).
 
 # %%
 tokens = tok.token_strings(ids.tolist())
@@ -119,6 +118,16 @@ show_shapes(norms=norms)
 growth = norms[-1, 1:].mean() / norms[0, 1:].mean()
 print(f"residual norm grows ×{growth.item():.0f} from layer 0 to layer {cfg.num_hidden_layers - 1} "
       "(tokens after the first)" if not nb.is_llama3 else "residual norms computed")
+first_largest = int((norms[:, 0] > norms[:, 1:].amax(dim=-1)).sum())
+if not nb.is_llama3:
+    print(f"the first token, {tokens[0]!r}, has the largest norm in {first_largest} of {cfg.num_hidden_layers} layers")
+    assert tokens[0] == "The" and first_largest > cfg.num_hidden_layers // 2
+
+# %% [markdown]
+# Note the first token. In SmolLM2 it is the plain word `The` (`tok.encode` adds no BOS, and SmolLM2's texts
+# start without one, notebook 01), yet its residual is the largest of the prompt in most layers (the count
+# above): the first position is special whatever token sits there (notebook 07 measures by how much; the
+# "attention sink", notebook 04).
 
 # %% [markdown]
 # ## 4. RMSNorm from scratch
