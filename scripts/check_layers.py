@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("config", ["config", "rope", "gguf_metadata", "known_configs", "config_explain"]),
     ("files", ["assets", "tokenizer"]),
     ("hooks and cache", ["hook_points", "tokens", "memory", "activation_cache", "hooks", "gradients"]),
-    ("model", ["kv_cache", "model"]),
+    ("model", ["kv_cache", "attention", "model"]),
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),
     ("decoding", ["sampling", "generation", "session", "fast"]),
