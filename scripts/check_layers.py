@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llama3_lab"
 LAYERS: list[tuple[str, list[str]]] = [
     ("units", ["units", "config_checks"]),
     ("config", ["config", "rope", "gguf_metadata", "known_configs", "config_explain"]),
-    ("files", ["assets", "tokenizer"]),
+    ("files", ["assets", "tokenizer", "tokenizer_llama3", "tokenizer_gguf"]),
     ("hooks and cache", ["hook_points", "tokens", "memory", "activation_cache", "hooks", "gradients"]),
     ("model", ["kv_cache", "attention", "model"]),
     ("placement and loading", ["placement", "loading"]),
