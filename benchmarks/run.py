@@ -435,7 +435,8 @@ def phase_batch_forward(opts: Options) -> PhaseResult:
 def phase_batch_decode(opts: Options) -> PhaseResult:
     """Batched greedy decode of 8 prompts: ours / transformers generate (same padded batch), and / ours
     one prompt at a time."""
-    from llama3_lab.generation import generate_batch, generate_tokens
+    from llama3_lab.batch_generation import generate_batch
+    from llama3_lab.generation import generate_tokens
 
     result = PhaseResult("batch_decode")
     model = build_model(opts)

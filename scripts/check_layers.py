@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model", ["kv_cache", "attention", "model"]),
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),
-    ("decoding", ["sampling", "generation", "session", "fast"]),
+    ("decoding", ["sampling", "generation", "batch_generation", "session", "fast"]),
     ("viz", ["viz"]),
     ("views and widgets", ["views", "widgets"]),
     ("entry points", ["notebook", "cli", "cli_generate", "__main__", "__init__"]),
