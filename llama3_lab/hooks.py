@@ -46,6 +46,11 @@ class HookedRootModule(nn.Module):
     cache_budget_fraction: float = 0.8
 
     def setup_hooks(self) -> None:
+        self.rescan_hook_points()
+
+    def rescan_hook_points(self) -> None:
+        """Rebuild ``hook_dict`` (and each point's ``name``) from the module tree. ``setup_hooks`` calls it;
+        call it again after adding or removing a module that holds hook points (an SAE spliced in)."""
         self.hook_dict = {}
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model", ["kv_cache", "model"]),
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),
+    ("sae", ["sae"]),
     ("decoding", ["sampling", "generation", "session", "fast"]),
     ("viz", ["viz"]),
     ("views and widgets", ["views", "widgets"]),
