@@ -11,7 +11,15 @@ from __future__ import annotations
 from .config import SAEConfig, SAEConfigError
 from .files import SAELoadError, load_sae, save_sae
 from .sae import SAE
-from .splice import Splice, SpliceError, attach_sae, detach_sae, model_with_sae, spliced_saes
+from .splice import (
+    Splice,
+    SpliceError,
+    attach_sae,
+    detach_sae,
+    model_with_sae,
+    sae_hook_name,
+    spliced_saes,
+)
 
 __all__ = [
     "SAE",
@@ -24,6 +32,7 @@ __all__ = [
     "detach_sae",
     "load_sae",
     "model_with_sae",
+    "sae_hook_name",
     "save_sae",
     "spliced_saes",
 ]

@@ -105,6 +105,11 @@ class SAEConfig:
         return self.d_out if self.is_transcoder and self.d_out is not None else self.d_in
 
     @property
+    def replaced_hook(self) -> str:
+        """The hook point whose activation a spliced SAE replaces: ``hook_name_out`` for a transcoder."""
+        return self.hook_name_out if self.is_transcoder else self.hook_name
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
 

@@ -22,7 +22,7 @@ from ..hooks import HookedRootModule
 from ..tokenizer import token_strings
 from .activations import activations_at, token_contexts
 from .sae import SAE
-from .splice import model_with_sae
+from .splice import model_with_sae, sae_hook_name
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,7 @@ def feature_interventions(
     ``steered`` (set to ``value``, e.g. a few times its largest activation), the SAE spliced with its error
     term so that nothing else changes."""
     feature = _check_feature(sae, feature)
-    name = f"{sae.cfg.hook_name_out if sae.cfg.is_transcoder else sae.cfg.hook_name}"
-    point = f"{name}.{'transcoder' if sae.cfg.is_transcoder else 'sae'}.hook_sae_acts_post"
+    point = sae_hook_name(sae, "hook_sae_acts_post")
 
     def clamp(to: float):
         def hook(acts: torch.Tensor, _hook) -> torch.Tensor:

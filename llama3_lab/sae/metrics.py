@@ -92,6 +92,7 @@ def splice_loss(model: HookedRootModule, sae: SAE, tokens: torch.Tensor) -> Spli
     clean = next_token_loss(model(tokens), tokens).item()
     with model_with_sae(model, sae, use_error_term=False):
         spliced = next_token_loss(model(tokens), tokens).item()
-    host = sae.cfg.hook_name_out if sae.cfg.is_transcoder else sae.cfg.hook_name
-    zeroed = model.run_with_hooks(tokens, fwd_hooks=[(host, lambda x, hook: torch.zeros_like(x))])
+    zeroed = model.run_with_hooks(
+        tokens, fwd_hooks=[(sae.cfg.replaced_hook, lambda x, hook: torch.zeros_like(x))]
+    )
     return SpliceLoss(clean, spliced, next_token_loss(zeroed, tokens).item())

@@ -64,12 +64,22 @@ class Splice:
 
     @property
     def child_name(self) -> str:
-        return "transcoder" if self.sae.cfg.is_transcoder else "sae"
+        return _child_name(self.sae)
 
     @property
     def prefix(self) -> str:
         """``blocks.5.hook_resid_post.sae``: the prefix of the SAE's hook points in the model."""
         return f"{self.hook_name_out}.{self.child_name}"
+
+
+def _child_name(sae: SAE) -> str:
+    return "transcoder" if sae.cfg.is_transcoder else "sae"
+
+
+def sae_hook_name(sae: SAE, leaf: str = "hook_sae_acts_post") -> str:
+    """The model's name for one of ``sae``'s hook points when it is spliced where its cfg says:
+    ``blocks.5.hook_resid_post.sae.hook_sae_acts_post`` (``...hook_mlp_out.transcoder...``: a transcoder)."""
+    return f"{sae.cfg.replaced_hook}.{_child_name(sae)}.{leaf}"
 
 
 def spliced_saes(model: HookedRootModule) -> dict[str, Splice]:
