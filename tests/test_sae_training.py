@@ -229,3 +229,51 @@ def test_auxk_trains_dead_features_from_the_error() -> None:
 
     assert dead_columns_after_a_step(0.0) == 0
     assert dead_columns_after_a_step(1 / 32) > 0
+
+
+def test_cli_parses_the_proposed_command_line() -> None:
+    from llama3_lab.assets import cache_dir
+    from llama3_lab.sae.cli import build_parser, default_output
+
+    args = build_parser().parse_args(["train", "--k", "48", "--d-sae", "2304", "--minutes", "1.5"])
+    assert (args.model, args.hook, args.k, args.d_sae, args.minutes) == (
+        "smollm2-135m-instruct",
+        "blocks.15.hook_resid_post",
+        48,
+        2304,
+        1.5,
+    )
+    out = default_output(args.model, args.hook, args.k, args.d_sae)
+    assert out == cache_dir() / "saes" / "smollm2-135m-instruct" / "blocks.15.hook_resid_post-topk48-2304"
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_cli_trains_saves_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from llama3_lab.sae.cli import main
+
+    argv = [
+        "train",
+        "--k",
+        "8",
+        "--d-sae",
+        "128",
+        "--tokens",
+        "600",
+        "--eval-tokens",
+        "512",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert (
+        report["l0"] <= 8
+        and 0 <= report["dead_fraction"] <= 1
+        and report["ce_clean"] < report["ce_zero_ablated"]
+    )
+    assert load_sae(tmp_path).cfg.hook_name == "blocks.15.hook_resid_post"

@@ -62,7 +62,7 @@ def train_sae(
     max_seconds: float | None = None,
     reuse: int = 2,
     batch_size: int = 512,
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     context_length: int = 128,
     contexts_per_forward: int = 8,
     buffer_tokens: int = 16_384,
@@ -77,7 +77,7 @@ def train_sae(
 ) -> TrainingResult:
     """Train an SAE at ``hook_name`` (a transcoder to ``hook_name_out``) on the activations of ``texts``.
 
-    ``d_sae`` defaults to 8 × d_in; ``k`` is TopK's features per token. Reads ``n_tokens`` activations
+    ``d_sae`` defaults to 4 × d_in; ``k`` is TopK's features per token. Reads ``n_tokens`` activations
     (passing over ``texts`` again from the start if they run out) or stops after ``max_seconds``; each
     activation is trained on about 2 × ``reuse`` times (see ``ShuffleBuffer``). Returns the SAE with its
     normalisation folded into the weights.
@@ -95,7 +95,7 @@ def train_sae(
     d_in, d_out = widths[0], widths[-1]
     cfg = SAEConfig(
         d_in=d_in,
-        d_sae=d_sae or 8 * d_in,
+        d_sae=d_sae or 4 * d_in,
         architecture=architecture,
         k=k if architecture.startswith("topk") else None,
         hook_name=names[0],
