@@ -59,6 +59,11 @@ class HookedRootModule(nn.Module):
     cache_budget_fraction: float = 0.8
 
     def setup_hooks(self) -> None:
+        self.rescan_hook_points()
+
+    def rescan_hook_points(self) -> None:
+        """Rebuild ``hook_dict`` (and each point's ``name``) from the module tree. ``setup_hooks`` calls it;
+        call it again after adding or removing a module that holds hook points (an SAE spliced in)."""
         self.hook_dict = {}
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
@@ -137,10 +142,15 @@ class HookedRootModule(nn.Module):
 
     def reset_hooks(self) -> None:
         """Remove every module hook from every hook point (``add_hook``'s, PyTorch's own
-        ``register_forward_hook``'s) and this thread's context hooks (other threads keep theirs)."""
+        ``register_forward_hook``'s) and this thread's context hooks (other threads keep theirs).
+
+        A spliced SAE is part of the model, not a hook: it stays until ``detach_sae`` (its pre-hooks are
+        marked ``splice``)."""
         for point in self.hook_dict.values():
             point._forward_hooks.clear()
-            point._forward_pre_hooks.clear()
+            for key, fn in list(point._forward_pre_hooks.items()):
+                if not getattr(fn, "splice", False):
+                    del point._forward_pre_hooks[key]
         clear_context_hooks(self.hook_dict.values())
 
     def hooked_names(self) -> list[str]:

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model", ["kv_cache", "attention", "model"]),
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),
+    ("sae", ["sae"]),
     ("decoding", ["sampling", "generation", "batch_generation", "session", "fast"]),
     ("viz", ["viz"]),
     ("views and widgets", ["views", "widgets"]),
