@@ -51,6 +51,12 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sae(args: argparse.Namespace) -> int:
+    from .sae.cli import main as sae_main
+
+    return sae_main(args.args)
+
+
 def explain_path(path: str | Path) -> str:
     """The text explanation of the config found at ``path`` (what ``llama3-lab explain PATH`` prints)."""
     from .config_explain import explain_config
@@ -194,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--context", type=_positive_int, default=8192, help="tokens for the cache figures (default 8192)"
     )
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser(
+        "sae", help="sparse autoencoders: 'llama3-lab sae train --help' trains one on CPU into the cache"
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed on to llama3_lab.sae.cli")
+    p.set_defaults(func=_cmd_sae)
 
     p = sub.add_parser("lab", help="start JupyterLab on the notebooks folder")
     p.add_argument("--notebooks", default="notebooks")

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from .activation_cache import ActivationCache
+from .attention import apply_rotary
 from .hook_points import hide_context_hooks_from_compiler, hooked_names
 from .hooks import spread_over_devices
 from .kv_cache import KVCache
 from .memory import check_cache_budget, estimate_cache
-from .model import apply_rotary
 
 if TYPE_CHECKING:
     from .model import Attention, LlamaModel

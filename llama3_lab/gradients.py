@@ -94,8 +94,10 @@ def run_with_cache_and_grads(
     dtype: torch.dtype | None = None,
     pos_slice: PosSlice = None,
     budget_bytes: int | None = None,
-) -> tuple[torch.Tensor, ActivationCache, ActivationCache]:
-    """``(metric(logits), activations, gradients of the metric)`` at the selected hook points.
+    return_logits: bool = False,
+) -> tuple[torch.Tensor, ActivationCache, ActivationCache] | tuple[Any, ...]:
+    """``(metric(logits), activations, gradients of the metric)`` at the selected hook points (and the
+    logits last, with ``return_logits=True``).
 
     One forward and one backward. ``metric(logits [B P V]) -> scalar``; the gradients cache holds
     d metric / d activation for every name the filter selects (``names_filter`` etc. as in
@@ -132,7 +134,8 @@ def run_with_cache_and_grads(
     with ExitStack() as stack:
         stack.enter_context(backward_hooks(model, [(name, save_grad(name)) for name in names]))
         stack.enter_context(model.hooks(fwd_hooks=[(name, save_value(name)) for name in names]))
-        value = metric(model(inputs))
+        logits = model(inputs)
+        value = metric(logits)
         if value.numel() != 1:
             raise ValueError(
                 f"the metric returned a tensor of shape {tuple(value.shape)}: it must be one number (e.g. "
@@ -151,4 +154,6 @@ def run_with_cache_and_grads(
     # A hook point the metric does not depend on (e.g. a later position's RoPE table) gets zeros.
     gradients = {n: grads[n] if n in grads else torch.zeros_like(values[n]) for n in activations_cache.keys()}
     gradients_cache = ActivationCache(gradients, model, shapes, tokens=ids, pos_slice=pos, **extra)
+    if return_logits:
+        return value.detach(), activations_cache, gradients_cache, logits.detach()
     return value.detach(), activations_cache, gradients_cache

@@ -33,6 +33,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from html import escape
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -421,3 +423,34 @@ def nothing_selected_error(names_filter: object, valid: Sequence[str]) -> HookNa
         f"{', '.join(valid[:3])}.",
         suggestions,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The catalogue: every hook point's name, shape and meaning
+
+
+class HookRow(NamedTuple):
+    name: str
+    shape: str
+    meaning: str
+
+
+class HookCatalogue(list):
+    """``HookRow(name, shape, meaning)`` for every hook point; prints as a table in text and HTML."""
+
+    def to_markdown(self) -> str:
+        lines = ["| name | shape | meaning |", "|---|---|---|"]
+        lines += [f"| `{r.name}` | {r.shape} | {r.meaning} |" for r in self]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        width = max((len(r.name) for r in self), default=4)
+        return "\n".join(f"{r.name:<{width}}  {r.shape:<10}  {r.meaning}" for r in self)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td><code>{escape(r.name)}</code></td><td>{escape(r.shape)}</td>"
+            f"<td style='text-align:left'>{escape(r.meaning)}</td></tr>"
+            for r in self
+        )
+        return f"<table><tr><th>name</th><th>shape</th><th>meaning</th></tr>{rows}</table>"

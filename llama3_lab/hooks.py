@@ -59,6 +59,11 @@ class HookedRootModule(nn.Module):
     cache_budget_fraction: float = 0.8
 
     def setup_hooks(self) -> None:
+        self.rescan_hook_points()
+
+    def rescan_hook_points(self) -> None:
+        """Rebuild ``hook_dict`` (and each point's ``name``) from the module tree. ``setup_hooks`` calls it;
+        call it again after adding or removing a module that holds hook points (an SAE spliced in)."""
         self.hook_dict = {}
         for name, module in self.named_modules():
             if isinstance(module, HookPoint):
@@ -137,10 +142,15 @@ class HookedRootModule(nn.Module):
 
     def reset_hooks(self) -> None:
         """Remove every module hook from every hook point (``add_hook``'s, PyTorch's own
-        ``register_forward_hook``'s) and this thread's context hooks (other threads keep theirs)."""
+        ``register_forward_hook``'s) and this thread's context hooks (other threads keep theirs).
+
+        A spliced SAE is part of the model, not a hook: it stays until ``detach_sae`` (its pre-hooks are
+        marked ``splice``)."""
         for point in self.hook_dict.values():
             point._forward_hooks.clear()
-            point._forward_pre_hooks.clear()
+            for key, fn in list(point._forward_pre_hooks.items()):
+                if not getattr(fn, "splice", False):
+                    del point._forward_pre_hooks[key]
         clear_context_hooks(self.hook_dict.values())
 
     def hooked_names(self) -> list[str]:
@@ -167,14 +177,31 @@ class HookedRootModule(nn.Module):
         tokens: TokensLike,
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         padding_side: str = "right",
+        bwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable]] = (),
+        metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **forward_kwargs: Any,
     ) -> torch.Tensor:
         """Logits ``[B, P, V]`` of one forward with ``fwd_hooks`` in place (removed afterwards).
 
         Prompts of different lengths are padded on ``padding_side`` and masked (hooks see the padded
-        ``[B, P, ...]`` tensors; what sits at a pad is meaningless)."""
-        with self.hooks(fwd_hooks):
-            return self(model_input(self, tokens, padding_side=padding_side), **forward_kwargs)
+        ``[B, P, ...]`` tensors; what sits at a pad is meaningless). ``bwd_hooks=[(name, fn(grad, hook))]``
+        (TransformerLens's spelling) run on the gradients of ``metric(logits)`` (a scalar, required with
+        them), computed inside this call: see ``llama3_lab.gradients.backward_hooks``."""
+        inputs = model_input(self, tokens, padding_side=padding_side)
+        if not bwd_hooks:
+            with self.hooks(fwd_hooks):
+                return self(inputs, **forward_kwargs)
+        if metric is None:
+            raise ValueError(
+                "bwd_hooks run on the gradient of a metric: pass metric=lambda logits: ... (one number, e.g. "
+                "a logit difference averaged over the batch); the backward pass runs inside this call."
+            )
+        from .gradients import backward_hooks
+
+        with backward_hooks(self, bwd_hooks), self.hooks(fwd_hooks):
+            logits = self(inputs, **forward_kwargs)
+            metric(logits).backward()
+        return logits.detach()
 
     # -- caching ------------------------------------------------------------------------------------
     def run_with_cache(
@@ -186,9 +213,15 @@ class HookedRootModule(nn.Module):
         pos_slice: PosSlice = None,
         budget_bytes: int | None = None,
         padding_side: str = "right",
+        incl_bwd: bool = False,
+        metric: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **forward_kwargs: Any,
     ) -> tuple[torch.Tensor, ActivationCache]:
         """``(logits [B, P, V], ActivationCache)`` for one forward.
+
+        ``incl_bwd=True, metric=fn`` (TransformerLens's spelling) also keeps d metric / d activation under
+        ``"<name>_grad"`` for every selected name, from one backward pass (the budget counts both; see
+        ``llama3_lab.gradients.run_with_cache_and_grads``).
 
         ``names_filter``: which hook points to keep (None: all; a name; a list; ``name -> bool``).
         ``device``/``dtype``: where and how to keep them; the copy happens inside each hook, so memory
@@ -206,6 +239,10 @@ class HookedRootModule(nn.Module):
         ``mask`` and ``positions``, and ``cache.real(name)`` / ``cache.last(name)`` read each row's real
         tokens without index arithmetic.
         """
+        if incl_bwd:
+            return self._run_with_cache_and_grads(
+                tokens, metric, names_filter, device, dtype, pos_slice, budget_bytes
+            )
         inputs = model_input(self, tokens, padding_side=padding_side)
         ids = inputs.ids if isinstance(inputs, TokenBatch) else inputs
         mask = inputs.mask if isinstance(inputs, TokenBatch) else forward_kwargs.get("attention_mask")
@@ -236,6 +273,31 @@ class HookedRootModule(nn.Module):
             start_position=past,
             mask=mask,
             positions=positions,
+        )
+        return logits, cache
+
+    def _run_with_cache_and_grads(
+        self, tokens: TokensLike, metric: Any, names_filter: NamesFilter, *args: Any
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        from .gradients import run_with_cache_and_grads
+
+        if metric is None:
+            raise ValueError(
+                "incl_bwd=True caches gradients of a metric: pass metric=lambda logits: ... (one number)."
+            )
+        _, acts, grads, logits = run_with_cache_and_grads(
+            self, tokens, metric, names_filter, *args, return_logits=True
+        )
+        store = {**dict(acts.items()), **{f"{name}_grad": grad for name, grad in grads.items()}}
+        shapes = {**acts.shapes, **{f"{name}_grad": shape for name, shape in grads.shapes.items()}}
+        cache = ActivationCache(
+            store,
+            self,
+            shapes,
+            tokens=acts.tokens,
+            pos_slice=acts.pos_slice,
+            mask=acts.mask,
+            positions=acts.positions,
         )
         return logits, cache
 

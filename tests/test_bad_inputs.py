@@ -355,15 +355,15 @@ def logit_lens_of_a_compact_record(scratch: Path) -> Any:
 
 
 def stepper_layer_out_of_range(scratch: Path) -> Any:
-    from llama3_lab.widgets import GenerationStepper
+    from llama3_lab.views import StepperView
 
-    return GenerationStepper(MODEL, [1, 2, 3], layer=MODEL.cfg.num_hidden_layers)
+    return StepperView(MODEL, [1, 2, 3], layer=MODEL.cfg.num_hidden_layers)
 
 
 def stepper_head_out_of_range(scratch: Path) -> Any:
-    from llama3_lab.widgets import GenerationStepper
+    from llama3_lab.views import StepperView
 
-    return GenerationStepper(MODEL, [1, 2, 3], head=-1)
+    return StepperView(MODEL, [1, 2, 3], head=-1)
 
 
 def cli_integer_dtype(scratch: Path) -> Any:
@@ -467,6 +467,144 @@ def position_map_that_does_not_fit(scratch: Path) -> Any:
     from llama3_lab.analysis import logit_diff_metric, patch_resid
 
     return patch_resid(MODEL, [[1, 2, 3]], [[4, 5]], logit_diff_metric(1, 2), layers=[0], position_map={1: 7})
+
+
+# -- sparse autoencoders (task: SAEs and transcoders) -------------------------------------------------------
+
+
+def _sae(architecture: str = "topk", d_in: int = 64, **cfg: Any) -> Any:
+    from llama3_lab.sae import SAE, SAEConfig
+
+    k = cfg.pop("k", 4 if "topk" in architecture else None)
+    hook = cfg.pop("hook_name", "blocks.0.hook_resid_post")
+    return SAE(SAEConfig(d_in=d_in, d_sae=16, architecture=architecture, k=k, hook_name=hook, **cfg))
+
+
+def _saved_sae(scratch: Path, architecture: str = "topk") -> Path:
+    from llama3_lab.sae import save_sae
+
+    return save_sae(_sae(architecture), scratch / "sae")
+
+
+def sae_dir_without_weights(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch)
+    (directory / "sae_weights.safetensors").unlink()
+    return load_sae(directory)
+
+
+def sae_not_a_directory(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    return load_sae(scratch / "nowhere")
+
+
+def sae_cfg_not_json(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch)
+    (directory / "cfg.json").write_text("{d_in: 64")
+    return load_sae(directory)
+
+
+def sae_weights_not_safetensors(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch)
+    (directory / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
+    return load_sae(directory)
+
+
+def sae_tensor_wrong_shape(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch)
+    tensors = load_file(directory / "sae_weights.safetensors")
+    tensors["W_enc"] = tensors["W_enc"].T.contiguous()  # [d_sae, d_in], as some other libraries store it
+    save_file(tensors, directory / "sae_weights.safetensors")
+    return load_sae(directory)
+
+
+def sae_jumprelu_without_threshold(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch, "jumprelu")
+    tensors = load_file(directory / "sae_weights.safetensors")
+    del tensors["threshold"]
+    save_file(tensors, directory / "sae_weights.safetensors")
+    return load_sae(directory)
+
+
+def sae_unknown_architecture(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch)
+    config = json.loads((directory / "cfg.json").read_text())
+    (directory / "cfg.json").write_text(json.dumps({**config, "architecture": "gated"}))
+    return load_sae(directory)
+
+
+def sae_topk_without_k(scratch: Path) -> Any:
+    from llama3_lab.sae import load_sae
+
+    directory = _saved_sae(scratch)
+    config = json.loads((directory / "cfg.json").read_text())
+    del config["k"]
+    (directory / "cfg.json").write_text(json.dumps(config))
+    return load_sae(directory)
+
+
+def sae_norm_factor_missing(scratch: Path) -> Any:
+    return _sae(normalize_activations="expected_average_only_in")
+
+
+def sae_d_in_does_not_match_the_hook(scratch: Path) -> Any:
+    from llama3_lab.sae import attach_sae
+
+    return attach_sae(MODEL, _sae(d_in=48))
+
+
+def sae_at_the_attention_pattern(scratch: Path) -> Any:
+    from llama3_lab.sae import attach_sae
+
+    return attach_sae(MODEL, _sae(), "blocks.0.attn.hook_pattern")
+
+
+def sae_at_an_unknown_hook(scratch: Path) -> Any:
+    from llama3_lab.sae import attach_sae
+
+    return attach_sae(MODEL, _sae(hook_name="blocks.0.hook_resid_pots"))
+
+
+def sae_spliced_twice_at_one_hook(scratch: Path) -> Any:
+    from llama3_lab.sae import model_with_sae
+
+    with model_with_sae(MODEL, _sae()), model_with_sae(MODEL, _sae()):
+        pass
+
+
+def sae_detach_what_is_not_spliced(scratch: Path) -> Any:
+    from llama3_lab.sae import detach_sae
+
+    return detach_sae(MODEL, "blocks.1.hook_resid_post")
+
+
+def sae_per_token_norm_decode_without_input(scratch: Path) -> Any:
+    sae = _sae(normalize_activations="layer_norm")
+    return sae.decode(torch.zeros(2, 16))
+
+
+def sae_train_jumprelu(scratch: Path) -> Any:
+    from llama3_lab.sae.training import train_sae
+
+    return train_sae(MODEL, "blocks.0.hook_resid_post", ["text"], architecture="jumprelu")
+
+
+def sae_dashboard_feature_out_of_range(scratch: Path) -> Any:
+    from llama3_lab.sae.dashboard import logit_effect
+
+    return logit_effect(MODEL, _sae(), 16)
 
 
 CASES = [
@@ -618,10 +756,10 @@ CASES = [
     Case(
         stepper_layer_out_of_range,
         ValueError,
-        r"layer must be an int in 0\.\.1 \(the model has 2\), got 2",
-        r"0\.\.1",
+        r"layer must be None or an int in 0\.\.1 for this model",
+        r"got 2",
     ),
-    Case(stepper_head_out_of_range, ValueError, r"head must be an int in 0\.\.7", r"got -1"),
+    Case(stepper_head_out_of_range, ValueError, r"head must be None or an int in 0\.\.7", r"got -1"),
     Case(cli_integer_dtype, argparse.ArgumentTypeError, r"'int32' is not a dtype", r"bfloat16"),
     Case(
         plan_unknown_model,
@@ -630,6 +768,35 @@ CASES = [
         r"llama3\.1-8b",
     ),
     Case(plan_context_beyond_the_model, ValueError, r"--context 9,000 is beyond", r"--context 8192 or less"),
+    # sparse autoencoders (task: SAEs and transcoders)
+    Case(sae_dir_without_weights, FileNotFoundError, r"has no sae_weights\.safetensors", r"Found: cfg\.json"),
+    Case(
+        sae_not_a_directory, FileNotFoundError, r"nowhere is not a directory", r"cfg\.json and\s+sae_weights"
+    ),
+    Case(sae_cfg_not_json, ValueError, r"cfg\.json is not valid JSON", r"write the config again"),
+    Case(sae_weights_not_safetensors, ValueError, r"not a readable safetensors file", r"save it again"),
+    Case(sae_tensor_wrong_shape, ValueError, r"W_enc has shape \[16, 64\].*says \[64, 16\]", r"transpose"),
+    Case(sae_jumprelu_without_threshold, ValueError, r"has no threshold", r"Check the architecture"),
+    Case(sae_unknown_architecture, ValueError, r"unknown SAE architecture 'gated'", r"'jumprelu'"),
+    Case(sae_topk_without_k, ValueError, r"TopK SAE needs k", r'Set "k" in cfg\.json'),
+    Case(sae_norm_factor_missing, ValueError, r"no norm_scaling_factor", r"Pass norm_scaling_factor"),
+    Case(
+        sae_d_in_does_not_match_the_hook,
+        ValueError,
+        r"d_in is 48, but blocks\.0\.hook_resid_post \(B P D\) holds 64",
+        r"hook point of that width",
+    ),
+    Case(sae_at_the_attention_pattern, ValueError, r"hook_pattern has shape 'B H Pq Pk'", r"residual stream"),
+    Case(sae_at_an_unknown_hook, HookNameError, r"blocks\.0\.hook_resid_pots", r"blocks\.0\.hook_resid_post"),
+    Case(sae_spliced_twice_at_one_hook, ValueError, r"already has an SAE spliced in", r"detach it"),
+    Case(
+        sae_detach_what_is_not_spliced, ValueError, r"no SAE spliced at 'blocks\.1\.hook_resid_post'", r"none"
+    ),
+    Case(
+        sae_per_token_norm_decode_without_input, ValueError, r"'layer_norm' normalises each token", r"input=x"
+    ),
+    Case(sae_train_jumprelu, ValueError, r"not 'jumprelu'", r"train one with SAELens"),
+    Case(sae_dashboard_feature_out_of_range, ValueError, r"feature must be an int in 0\.\.15", r"got 16"),
 ]
 
 

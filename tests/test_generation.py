@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from llama3_lab.generation import GenerationError, generate, generate_batch, generate_tokens, make_generator
+from llama3_lab.batch_generation import generate_batch
+from llama3_lab.generation import GenerationError, generate, generate_tokens, make_generator
 from llama3_lab.sampling import Sampling
 from llama3_lab.session import Session
 

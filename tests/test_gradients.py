@@ -162,3 +162,24 @@ def test_the_memory_budget_counts_activations_and_gradients() -> None:
     with pytest.raises(MemoryBudgetError, match="gradient"):
         run_with_cache_and_grads(model, TOKENS, last_logit(), names_filter=names, budget_bytes=2 * one - 1)
     run_with_cache_and_grads(model, TOKENS, last_logit(), names_filter=names, budget_bytes=2 * one)
+
+
+def test_transformerlens_spellings_bwd_hooks_and_incl_bwd() -> None:
+    model = tiny_model(seed=16)
+    metric = last_logit()
+    seen = []
+    logits = model.run_with_hooks(
+        TOKENS, bwd_hooks=[("blocks.1.hook_resid_post", lambda g, h: seen.append(g.clone()))], metric=metric
+    )
+    value, _, grads = run_with_cache_and_grads(model, TOKENS, metric, names_filter="blocks.1.hook_resid_post")
+    torch.testing.assert_close(seen[0], grads["blocks.1.hook_resid_post"])
+    torch.testing.assert_close(logits, model(TOKENS))
+    logits, cache = model.run_with_cache(
+        TOKENS, names_filter="blocks.0.hook_mlp_out", incl_bwd=True, metric=metric
+    )
+    assert sorted(cache.keys()) == ["blocks.0.hook_mlp_out", "blocks.0.hook_mlp_out_grad"]
+    _, _, expected = run_with_cache_and_grads(model, TOKENS, metric, names_filter="blocks.0.hook_mlp_out")
+    torch.testing.assert_close(cache["blocks.0.hook_mlp_out_grad"], expected["blocks.0.hook_mlp_out"])
+    with pytest.raises(ValueError, match="pass metric="):
+        model.run_with_hooks(TOKENS, bwd_hooks=[("hook_embed", lambda g, h: None)])
+    assert registered_hooks(model) == 0 and not model.hooked_names()

@@ -203,7 +203,7 @@ def repair(progress: bool = True) -> list[str]:
     What ``llama3-lab fetch --repair`` runs. Raises what a failing fetch or conversion raises.
     """
     from ..assets import ASSETS, asset_problem, cache_dir, fetch_assets
-    from ..tokenizer import repair_gguf_sidecar
+    from ..tokenizer_gguf import repair_gguf_sidecar
 
     def say(line: str) -> None:
         report.append(line)

@@ -97,7 +97,7 @@ def load_gguf(
     cfg = config_from_gguf(reader)
     tok = None
     if tokenizer and "tokenizer.ggml.tokens" in reader.fields:
-        from ..tokenizer import GGUFByteBPETokenizer
+        from ..tokenizer_gguf import GGUFByteBPETokenizer
 
         tok = GGUFByteBPETokenizer(reader)  # shares the open reader: the file is parsed once
     return fill_model(
