@@ -41,8 +41,9 @@ G = H // K
 
 # %% [markdown]
 # A short prompt with a repetition in it, so that some heads have something obvious to do (look back at
-# the previous token, or at what followed the same words last time). `to_tokens` prepends the BOS token
-# once. We cache every intermediate of one forward: 13 tokens make a small cache.
+# the previous token, or at what followed the same words last time). `to_tokens` follows the tokenizer
+# (notebook 01): SmolLM2's texts start without BOS, so position 0 is the word `The`; Llama 3's start with
+# `<|begin_of_text|>`. We cache every intermediate of one forward: a prompt this short makes a small cache.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -51,6 +52,7 @@ tokens = model.to_tokens(text)
 labels = tok.token_strings(tokens[0].tolist())
 logits, cache = model.run_with_cache(tokens)
 print(len(labels), "tokens:", labels)
+assert labels[0] == ("<|begin_of_text|>" if nb.is_llama3 else "The")
 print(f"H={H} query heads, K={K} key/value heads, G=H/K={G}, d={d}, D={cfg.hidden_size}")
 
 # %% [markdown]
@@ -228,13 +230,30 @@ assert measured["bf16 output only (float32 scores)"][1] > 1e-4 > measured["bf16 
 # ## 6. Every head of a layer
 #
 # One grid, one colour scale shared by all panels; future keys are grey (masked, not "probability 0").
-# In layer 3 the early queries put most of their attention on the first token (the *attention sink*: a head
-# that has nothing to read puts its mass somewhere harmless); later queries split it between the first
-# token and the first ` the` (position 5), a second resting place. Heads 7 and 8 spread their attention
-# more widely.
 
 # %%
 viz.attention_heads_grid(cache["pattern", LAYER][0], labels, title=f"layer {LAYER}: all {H} heads")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+layer_pattern = cache["pattern", LAYER][0].float()  # [H, P, P]
+first_the = labels.index(" the")
+on_first = layer_pattern[:, :, 0].mean(0)  # [P]: per query, the mean over heads
+on_the = layer_pattern[:, :, first_the].mean(0)
+strongest_key = layer_pattern[:, 1:].amax(-1).mean(-1)  # [H]: the mass of each row's top key, on average
+print(f"layer {LAYER}, mean over heads, per query: on the first token {labels[0]!r}", fmt(on_first, 2))
+print(f"on the first ' the' (position {first_the}):", fmt(on_the, 2))
+print("per head, mass of the strongest key:", fmt(strongest_key, 2))
+if not nb.is_llama3:
+    assert (on_first[1:first_the] > 0.5).all()  # early queries: mostly the first token
+    assert (on_first[first_the:] + on_the[first_the:] > 0.6).all() and (on_the[first_the:] > 0.3).all()
+    assert set(strongest_key.topk(2, largest=False).indices.tolist()) == {7, 8}
+
+# %% [markdown]
+# In SmolLM2's layer 3 the early queries put most of their attention on the first token (the *attention
+# sink*: a head that has nothing to read puts its mass somewhere harmless); from the first ` the` on,
+# queries split it between the first token and that ` the`, a second resting place. Heads 7 and 8 spread
+# their attention most widely: their strongest key gets the least mass (the numbers above).
 
 # %% [markdown]
 # Deeper, heads specialise. `analysis.previous_token_scores` measures, per head, the mean attention from
@@ -283,18 +302,52 @@ viz.head_score_heatmap(entropy, title="attention entropy (nats)", label="nats", 
 # %%
 viz.head_score_heatmap(sink, title="attention on the first token", label="mass", vmin=0, vmax=1, figsize=(4.6, 5.2))
 
+# %%
+# NBVAL_CHECK_OUTPUT
+sink_per_layer = sink.mean(-1)  # [L]
+print("mean sink mass, layers 0-2:", fmt(sink[:3].mean(), 2), " layers 12-29:", fmt(sink[12:].mean(), 2))
+print("mean sink mass per layer:", fmt(sink_per_layer, 2))
+anti = torch.corrcoef(torch.stack([entropy.flatten(), sink.flatten()]))[0, 1]
+print("correlation of entropy and sink mass over all heads:", fmt(anti, 2))
+specific = (sink < 0.2) & (entropy < 0.5)
+print("low-entropy, low-sink heads (layer, head):", specific.nonzero().tolist())
+if not nb.is_llama3:
+    assert anti < -0.5 and [best_layer, best_head] in specific.nonzero().tolist()
+    assert 0.6 < sink_per_layer[12:].mean() < 0.75 and (sink_per_layer[[0, 1, 10, 11]] < 1 / 3).all()
+
 # %% [markdown]
-# The two maps are largely mirror images (anti-correlated, −0.68 over all heads): low entropy mostly *means*
-# "everything on the sink". In SmolLM2, from layer 12 on, heads put about two thirds of their attention on
-# the BOS position; layers 0-2 and 10-11 hardly use the sink. A head that is both low-entropy **and**
-# low-sink is doing something specific (like the previous-token head above).
+# The two maps are largely mirror images (anti-correlated: the coefficient above): low entropy mostly
+# *means* "everything on the sink". In SmolLM2, from layer 12 on, heads put about two thirds of their
+# attention on the first position, here the plain word `The`; layers 0-1 and 10-11 put less than a third
+# there. A head that is both low-entropy **and** low-sink is doing something specific: the one found is the
+# previous-token head above.
+#
+# ### Is the sink the BOS token?
+#
+# Llama 3's texts start with `<|begin_of_text|>`, so there the first position and the BOS token are the same
+# thing. SmolLM2's do not (notebook 01). Add its BOS `<|im_start|>` explicitly (`prepend_bos=True`) in front
+# of the same words and measure the same map:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print("mean sink mass, layers 0-2:", fmt(sink[:3].mean(), 2), " layers 12-29:", fmt(sink[12:].mean(), 2))
-print("correlation of entropy and sink mass over all heads:", fmt(torch.corrcoef(torch.stack([entropy.flatten(), sink.flatten()]))[0, 1], 2))
-specific = (sink < 0.2) & (entropy < 0.5)
-print("low-entropy, low-sink heads (layer, head):", specific.nonzero().tolist())
+bos_tokens = model.to_tokens(text, prepend_bos=True)
+_, bos_cache = model.run_with_cache(bos_tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+bos_sink = analysis.attention_sink_scores(bos_cache)  # [L, H]: mass on position 0, now the BOS token
+print("position 0:", repr(labels[0]), "as encoded,", repr(tok.token_strings(bos_tokens[0, :1].tolist())[0]), "with BOS added")
+for name, scores in [("as encoded", sink), ("BOS added", bos_sink)]:
+    per_layer = scores.mean(-1)
+    print(f"{name:10}  mean sink mass, layers 0-1 {per_layer[:2].mean():.2f}, 10-11 {per_layer[10:12].mean():.2f}, "
+          f"12-29 {per_layer[12:].mean():.2f}")
+same_map = torch.corrcoef(torch.stack([sink.flatten(), bos_sink.flatten()]))[0, 1]
+print(f"correlation of the two maps over all heads: {same_map:.2f}")
+if not nb.is_llama3:
+    assert (sink[12:].mean() - bos_sink[12:].mean()).abs() < 0.05 and same_map > 0.8
+    assert bos_sink[:2].mean() < sink[:2].mean() and bos_sink[10:12].mean() < sink[10:12].mean()
+
+# %% [markdown]
+# From layer 12 on the sink holds the same share with or without BOS, and the two maps largely agree head by
+# head (the correlation above): SmolLM2's sink is its **first position**, whatever token sits there. What
+# BOS changes is the early layers and layers 10-11, which put even less on `<|im_start|>` than on `The`.
 
 # %% [markdown]
 # ## 8. Explore: any layer, any head, any query
@@ -323,12 +376,15 @@ torch.testing.assert_close(torch.from_numpy(row), cache["pattern", best_layer][0
 strongest = int(row.argmax())
 print(f"query 9 {labels[9]!r} reads key {strongest} {labels[strongest]!r} with {row[strongest]:.2f}")
 assert strongest == 8 and row[strongest] > 0.5  # the token just before it, with most of the mass
+if not nb.is_llama3:
+    assert labels[8:10] == [" cat", " sat"]
 probe.layer = LAYER
 assert probe.pattern().shape == (H, P, P)
 assert (explorer.layer, explorer.head) == (best_layer, best_head)  # the one displayed is unchanged
 
 # %% [markdown]
-# The second ` cat` (position 9) in the previous-token head reads mostly ` The`, the token before it.
+# The query at position 9 (the second ` sat` in SmolLM2) reads mostly the token before it (` cat`) in the
+# previous-token head.
 # %% [markdown]
 # ## Exercises
 #
@@ -390,5 +446,5 @@ check_exercise(head_output_solution, package_z, cache["pattern", LAYER], cache["
 #   einsum does it without copying K/V.
 # - `scores = q·k / √d`; future keys `−inf` *before* the softmax; softmax in float32; `z = pattern · v`;
 #   `attn_out = concat(z) W_oᵀ`.
-# - Many Llama heads dump attention on the first token (the sink); entropy and sink maps find the heads
-#   that do something else.
+# - Many Llama heads dump attention on the first token (the sink), whatever token it is: in SmolLM2 a plain
+#   word as much as `<|im_start|>`; entropy and sink maps find the heads that do something else.
