@@ -51,12 +51,13 @@ TOL = dict(atol=1e-4, rtol=1e-4) if nb.dtype == torch.float32 else dict(atol=0.5
 # %%
 # NBVAL_CHECK_OUTPUT
 prompt = "The capital of France is"
-tokens = model.to_tokens(prompt)  # BOS prepended once
+tokens = model.to_tokens(prompt)  # BOS as the tokenizer says: Llama 3 one, SmolLM2 none (notebook 01)
 labels = tok.token_strings(tokens[0].tolist())
 with torch.no_grad():
     logits, cache = model.run_with_cache(tokens)
 P = tokens.shape[1]
 print(P, "tokens:", labels, tokens[0].tolist())
+assert (tokens[0, 0].item() == tok.bos_id) == tok.add_bos
 print(f"layers {cfg.num_hidden_layers}, D {D}, H {H}, K {K}, d {d}, M {cfg.intermediate_size}, eps {cfg.rms_norm_eps}")
 
 # %% [markdown]
@@ -281,12 +282,25 @@ torch.testing.assert_close(torch.from_numpy(probe.arrays["loss (nats)"]), loss, 
 assert prompt_loss.channel == "loss (nats)" and probe.status.endswith("hover a token for every channel")
 
 # %% [markdown]
-# How the residual stream grows through the layers, per position (the first position stands out; notebook
-# 07 measures by how much):
+# How the residual stream grows through the layers, per position:
 
 # %%
 norms = torch.stack(residuals)[:, 0].float().norm(dim=-1)  # [L+1, P]
 viz.residual_norms(norms, labels, layer_labels=["embed"] + [str(l) for l in range(cfg.num_hidden_layers)], title="‖residual‖: the embedding, then after each block", figsize=(5.5, 5.8))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+ratio = norms[1:, 0] / norms[1:, 1:].amax(-1)  # [L]: first position's norm over the largest other one
+print(f"first position {labels[0]!r}: the largest norm after {int((ratio > 1).sum())} of {cfg.num_hidden_layers} blocks, "
+      f"up to ×{ratio.max():.0f} the largest other position (after block {int(ratio.argmax())})")
+if not nb.is_llama3:
+    assert labels[0] == "The" and (ratio > 1).sum() > cfg.num_hidden_layers // 2 and ratio.max() > 50
+
+# %% [markdown]
+# The first position stands out: in SmolLM2 it is the plain word `The` (no BOS), its residual is the
+# largest after most blocks, and at its peak more than fifty times the size of any other position's (the
+# numbers above; notebook 07 measures more). It is the first position that becomes this giant, not a
+# particular token: `<|im_start|>` does too when it comes first (the doubled BOS below measures both).
 
 # %% [markdown]
 # ## 4. Common mistakes, measured
@@ -322,30 +336,68 @@ assert smallest_mean_square > 100 * cfg.rms_norm_eps and 1e-4 < delta < 0.1
 # only shows as a mysterious mismatch in a parity test.
 #
 # ### A doubled BOS
-# Prepending `<|begin_of_text|>` (here SmolLM2's BOS) when the text or the chat template already has one
-# gives the model a sequence it never saw in training. The first token acts as the attention sink
-# (notebook 04), and a second one changes what every later position attends to.
+# A library that prepends BOS to a text that already starts with one (a rendered chat template, or ids that
+# already have it) doubles it, and gives the model an input its own tokenizer never produces. In Llama 3 that
+# is two `<|begin_of_text|>`. SmolLM2's texts start without BOS (notebook 01), so to measure the mistake we
+# add its BOS `<|im_start|>` explicitly: once (`prepend_bos=True`), then twice. The prompt as SmolLM2 encodes
+# it is the first row.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-bos = tokens[0, 0].item()
-doubled = torch.cat([torch.tensor([[bos]], device=tokens.device), tokens], dim=1)
+one_bos = model.to_tokens(prompt, prepend_bos=True)
+bos = tok.bos_id
+doubled = torch.cat([torch.tensor([[bos]], device=one_bos.device), one_bos], dim=1)
+print("one BOS:    ", tok.token_strings(one_bos[0].tolist()))
 print("doubled BOS:", tok.token_strings(doubled[0].tolist()))
+sink_names = lambda name: name.endswith(("hook_pattern", "hook_resid_post"))
+runs = {}
 with torch.no_grad():
-    doubled_logits = model(doubled)
-p_right = logits[0, -1].float().softmax(-1)
-p_doubled = doubled_logits[0, -1].float().softmax(-1)
-print(f"p({tok.decode([next_token])!r}): {p_right[next_token]:.2f} with one BOS, {p_doubled[next_token]:.2f} with two")
-kl_bos = (p_right * (p_right.log() - p_doubled.log())).sum()
+    for name, ids in [("as encoded", tokens), ("one BOS", one_bos), ("two BOS", doubled)]:
+        run_logits, run_cache = model.run_with_cache(ids, names_filter=sink_names)
+        late = torch.stack([run_cache["pattern", layer][0] for layer in range(12, cfg.num_hidden_layers)])
+        runs[name] = dict(
+            logits=run_logits[0, -1],
+            p=run_logits[0, -1].float().softmax(-1),
+            on_0=late[:, :, 2:, 0].float().mean().item(),  # layers 12+, queries 2.., mass on position 0
+            on_1=late[:, :, 2:, 1].float().mean().item(),
+            norm=[run_cache["resid_post", 15][0, i].float().norm().item() for i in range(3)],
+        )
+for name, run in runs.items():
+    print(f"{name:10}  p({tok.decode([next_token])!r}) {run['p'][next_token]:.2f}   layers 12+: mass on position 0 "
+          f"{run['on_0']:.2f}, on 1 {run['on_1']:.2f}   ‖resid‖ after block 15 at positions 0-2: {fmt(run['norm'], 0)}")
+p_plain, p_one, p_two = (runs[name]["p"] for name in runs)
+kl_bos = (p_one * (p_one.log() - p_two.log())).sum()
+kl_added = (p_plain * (p_plain.log() - p_one.log())).sum()
 print(f"KL(one BOS || two BOS) at the last position = {fmt(kl_bos, 2)} nats")
+if not nb.is_llama3:
+    print(f"KL(as encoded || one BOS) at the last position = {fmt(kl_added, 2)} nats")
+    one, two = runs["one BOS"], runs["two BOS"]
+    assert all(int(run["p"].argmax()) == next_token for run in runs.values())
+    assert two["p"][next_token] < one["p"][next_token] - 0.1 and kl_bos > 0.05 and kl_added > 0.05
+    assert one["on_0"] > 0.6 and one["on_1"] < 0.15 and abs(two["on_0"] - two["on_1"]) < 0.1 and two["on_1"] > 0.3
+    assert min(two["norm"][:2]) > 50 * two["norm"][2] and min(one["norm"][0], runs["as encoded"]["norm"][0]) > 50 * one["norm"][1]
+
+# %% [markdown]
+# In SmolLM2 the top token stays ` Paris` in all three rows, but a second `<|im_start|>` lowers its
+# probability by more than 0.1, and each change of the first tokens, adding one BOS or doubling it, moves the
+# whole next-token distribution (the KL divergences above). The attention shows why: from layer 12 on, later queries put most of
+# their attention on position 0 (the sink, notebook 04), whether it holds `The` or `<|im_start|>`; with two
+# BOS tokens they split it about evenly between the two copies, and both copies carry the giant residual.
+# Every later position reads a different mix.
 
 # %%
-top_doubled = analysis.top_k_tokens(doubled_logits[0, -1], tok, k=8)
+top_doubled = analysis.top_k_tokens(runs["two BOS"]["logits"], tok, k=8)
 viz.topk_bars(top_doubled.strings, top_doubled.probs, highlight=tok.token_strings([next_token])[0], title="next token, BOS doubled")
 
 # %% [markdown]
-# `model.to_tokens(text)` and `generate` prepend the BOS exactly once, also when the text already starts
-# with the BOS token's text.
+# `model.to_tokens(text)` and `generate` follow the tokenizer (Llama 3: one `<|begin_of_text|>`, SmolLM2:
+# none); when BOS is wanted, they put it there exactly once, also when the text already starts with the BOS
+# token's text:
+
+# %%
+bos_text = tok.token_strings([tok.bos_id])[0]
+assert model.to_tokens(bos_text + prompt, prepend_bos=True).tolist() == one_bos.tolist()
+assert model.to_tokens(prompt, prepend_bos=False)[0, 0].item() != tok.bos_id
 
 # %% [markdown]
 # ## Exercises
