@@ -90,19 +90,66 @@ print(" ".join(f"{name}:{ratio:.1f}×" for name, ratio in zip([*map(str, range(L
 over_a_hundred = (first_vs_rest > 100).nonzero().flatten().tolist()
 print("more than 100× at the inputs of layers", over_a_hundred)
 if not nb.is_llama3:  # what the text below says about SmolLM2
-    assert (first_vs_rest[2:10] > 3).all()  # several times the others, layers 2-9
-    assert (first_vs_rest[10:12] < 1.5).all()  # almost level at layers 10-11
-    assert over_a_hundred == list(range(12, 22))  # more than a hundred times, layers 12-21 only
+    assert labels[0] == "The"  # SmolLM2's texts start without BOS
+    assert (first_vs_rest[3:10] > 4).all()  # several times the others, layers 3-9
+    assert (first_vs_rest[[0, 1, 10, 11]] < 1.5).all()  # about level at layers 0-1 and 10-11
+    assert over_a_hundred == list(range(12, 21))  # more than a hundred times, layers 12-20 only
     assert first_vs_rest[-1] < 10  # under ten times at the output
 
 # %% [markdown]
 # Two things stand out. The norm grows with depth: each block adds vectors that are not cancelled. And the
 # first position is an outlier whose size changes with depth (the ratios above): several times the others
-# at layers 2-9, almost level with them at layers 10-11, more than a hundred times larger at layers 12-21,
-# then shrinking to under ten times at the output. Position 0 can only attend to itself, so its residual is the same
-# vector for every prompt: a fixed, recognisable anchor. Layer 12 is also where the attention-sink mass of
-# notebook 04 jumps: idle heads park their attention on this anchor. RMSNorm divides every position by its
-# own norm before each block reads it, so the giant does not swamp the other positions' computation.
+# at layers 3-9, about level with them at layers 0-1 and 10-11, more than a hundred times larger at layers
+# 12-20, then shrinking to under ten times at the output.
+#
+# In SmolLM2 that first position holds the word `The`: its texts start without BOS (notebook 01). Is the
+# giant a property of the token or of the position? Position 0 can only attend to itself, so its residual
+# depends on its own token alone. Six texts with different first words, as SmolLM2 encodes them and with
+# its BOS `<|im_start|>` added explicitly (`prepend_bos=True`):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+first_words = ["The", "Paris", "In", "My", "Water", "1"]
+entering = {}  # (word, prepend_bos) -> ‖x‖ entering layer `middle` at positions 0 and 1
+for prepend_bos in (None, True):
+    for word in first_words:
+        word_ids = model.to_tokens(word + " is a word", prepend_bos=prepend_bos)
+        _, word_cache = model.run_with_cache(word_ids, names_filter=f"blocks.{middle}.hook_resid_pre")
+        entering[word, prepend_bos] = word_cache["resid_pre", middle][0, :2].float().norm(dim=-1).cpu()
+print(f"‖x‖ entering layer {middle}, position 0 / position 1, rounded to hundreds:")
+for prepend_bos, name in [(None, "as encoded"), (True, "BOS added")]:
+    pairs = [entering[word, prepend_bos].tolist() for word in first_words]
+    print(f"  {name:10}", "  ".join(f"{word!r} {round(at_0, -2):,.0f}/{round(at_1, -2):,.0f}"
+                                    for word, (at_0, at_1) in zip(first_words, pairs)))
+plain = torch.stack([entering[word, None] for word in first_words])  # [6, 2]
+with_bos = torch.stack([entering[word, True] for word in first_words])
+if not nb.is_llama3:
+    assert (plain[:, 0] > 50 * plain[:, 1]).all() and (with_bos[:, 0] > 50 * with_bos[:, 1]).all()
+    torch.testing.assert_close(with_bos[:, 0], with_bos[:1, 0].expand(len(first_words)))  # one vector
+    assert (plain[:, 0].max() - plain[:, 0].min()) > 0.1 * plain[:, 0].min()  # six different sizes
+
+# %% [markdown]
+# And the attention-sink mass of notebook 04, measured on this prompt: the mean attention on position 0 per
+# layer.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+sink_per_layer = analysis.attention_sink_scores(cache).mean(-1)  # [L]: mass on position 0, mean over heads
+jump = int((sink_per_layer[1:] - sink_per_layer[:-1]).argmax()) + 1
+print("mean attention on position 0 per layer:", fmt(sink_per_layer, 2))
+print(f"largest rise: into layer {jump}, {sink_per_layer[jump - 1]:.2f} -> {sink_per_layer[jump]:.2f}")
+if not nb.is_llama3:
+    assert jump == over_a_hundred[0] == 12
+
+# %% [markdown]
+# In SmolLM2 every first word becomes a giant, more than fifty times the size of position 1, each a
+# different vector of its own size; with `<|im_start|>` in front, position 0 holds the same token in every
+# text, so its residual is one and the same vector, just as giant. The giant belongs to the **first
+# position**, not to BOS; only with a BOS (always in Llama 3, in SmolLM2 when it is added) is it also a fixed
+# anchor shared by every prompt. Layer 12, where the ratio jumps past a hundred, is also where the
+# attention-sink mass rises most (above): idle heads park their attention on the giant. RMSNorm divides
+# every position by its own norm before each block reads it, so the giant does not swamp the other
+# positions' computation.
 #
 # ## 3. Who writes what: attention against MLP
 #
@@ -203,6 +250,12 @@ assert torch.equal(wrong_lens.argmax(-1), right_lens.argmax(-1))  # same top tok
 for layer in (2, 10, 20, L - 1):
     print(f"layer {layer:>2}: entropy at the last position {entropy(right_lens[layer, -1]):.1f} nats (right), "
           f"{entropy(wrong_lens[layer, -1]):.1f} (final scale reused)")
+for layer in (2, 10, 20):  # ...but flatter distributions wherever the residual is smaller than the last one
+    assert entropy(wrong_lens[layer, -1]) > entropy(right_lens[layer, -1]) + 1
+
+# %% [markdown]
+# Same top tokens, and the early layers look far more uncertain with the reused scale than they are (the
+# entropies above); at the last layer the two agree, since there the reused scale is the right one.
 
 # %% [markdown]
 # ## 5. When does the answer appear?
@@ -232,13 +285,18 @@ def rank_figure(rank: torch.Tensor, prob: torch.Tensor) -> Figure:
     return fig
 
 
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert ((rank[:23] > 1000) & (rank[:23] < 6000)).all() and (rank[23:] < 1000).all()
+    assert first_top1 == L - 1 and prob[-1] > 0.5 and (prob[:-1] < 0.2).all()
+    assert [component_labels[i] for i in top_components[:2]] == ["29_mlp_out", "23_attn_out"]
 rank_figure(rank, prob)
 
 # %% [markdown]
-# For twenty layers the answer sits around rank 1,000-5,000 among 49,152 tokens, then falls to the top
-# within five layers (23-27); its probability only becomes large in the last three. That matches the
-# direct logit attribution above: the components writing ` Paris` directly are layer 23's attention and
-# the MLPs of layers 25-29.
+# In SmolLM2, for 23 layers (0-22) the answer sits between rank 1,000 and 6,000 among 49,152 tokens; from
+# layer 23 on it is in the top thousand and climbing, and it reaches the top only at the last layer, the
+# only one that gives it a large probability. That matches the direct logit attribution above: the two
+# components writing ` Paris` most directly are layer 23's attention, where the climb starts, and layer
+# 29's MLP, where it ends.
 #
 # ## 6. Explore
 #
@@ -294,16 +352,16 @@ check.channel = "settles at layer"  # a second view: the one shown above keeps i
 torch.testing.assert_close(torch.from_numpy(check.arrays["settles at layer"]), settles)
 assert per_token.channel == "loss (nats)"
 if not nb.is_llama3:  # what the text below says about SmolLM2
-    assert settles[-1] == first_top1  # the answer's position settles where ' Paris' first tops the lens
-    assert (settles >= L - 6).all()  # every position settles in the last six layers
-    assert labels[2:4] == [" capital", " of"] and int(loss[:-1].argmin()) == 2 and loss[2] < 1
-    assert int(loss[:-1].argmax()) == 1  # ' capital' after 'The' is the least expected token
+    assert settles[-1] == first_top1 == L - 1  # the answer's position settles where ' Paris' first tops the lens
+    assert labels[:3] == ["The", " capital", " of"]
+    assert int(loss[:-1].argmin()) == 1 and loss[1] < 0.5 and int(settles.argmin()) == 1  # ' of' after ' capital'
+    assert int(loss[:-1].argmax()) == 0 and loss[0] > 10  # ' capital' after 'The' is the least expected token
 
 # %% [markdown]
-# In SmolLM2 every position's prediction settles only in the last six layers, and the last position
-# settles exactly where ` Paris` first tops the lens (section 5). The loss is lowest for ` of` after
-# ` capital` (under one nat: the phrase almost forces it) and highest for ` capital` after `The`, which
-# nothing in the text predicts.
+# In SmolLM2 the last position settles exactly where ` Paris` first tops the lens (section 5), at the last
+# layer. The prediction made at ` capital` settles earliest of all: it is ` of`, the lowest loss of the
+# prompt (under half a nat: the phrase almost forces it). The highest loss, more than ten nats, is
+# ` capital` after `The`, which nothing in the text predicts.
 
 # %% [markdown]
 # ## Exercises
