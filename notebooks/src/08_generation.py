@@ -119,16 +119,23 @@ def our_top_p_mask(p: torch.Tensor, top_p: float) -> torch.Tensor:
     return keep
 
 
+nucleus_size, top_50_mass = {}, {}
 for T in (0.6, 1.0):
     p = (logits / T).softmax(-1)
     assert torch.equal(our_top_k_mask(p, 50), top_k_mask(p, 50))
     nucleus = our_top_p_mask(p, 0.9)
     assert torch.equal(nucleus, top_p_mask(p, 0.9))
-    print(f"T={T}: the top-p=0.9 nucleus has {int(nucleus.sum())} tokens holding {p[nucleus].sum():.3f} of the mass")
+    nucleus_size[T], top_50_mass[T] = int(nucleus.sum()), p.topk(50).values.sum().item()
+    print(f"T={T}: the top-p=0.9 nucleus has {nucleus_size[T]} tokens holding {p[nucleus].sum():.3f} of the mass; "
+          f"the top 50 hold {top_50_mass[T]:.2f}")
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert 100 <= nucleus_size[1.0] < 1000 and top_50_mass[1.0] < 0.8
+    assert nucleus_size[1.0] > 10 * nucleus_size[0.6]
 
 # %% [markdown]
-# At `T = 1` the nucleus of this prompt holds over a thousand tokens: with an open question the model's
-# uncertainty is real, and top-k = 50 would cut much of it. At `T = 0.6` it shrinks tenfold.
+# In SmolLM2, at `T = 1` the nucleus of this prompt holds hundreds of tokens: with an open question the
+# model's uncertainty is real, and top-k = 50 would cut much of it (the top 50 hold well under the nucleus's
+# 0.9). At `T = 0.6` it is more than ten times smaller (the counts above).
 #
 # The whole pipeline, temperature then top-k then top-p then renormalise, against `sampling_probs`:
 
