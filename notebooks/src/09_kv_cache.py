@@ -61,7 +61,7 @@ more = model.to_tokens(" Paris. The capital of Italy is", prepend_bos=False)
 longer = torch.cat([tokens, more], dim=1)
 P = tokens.shape[1]
 labels = tok.token_strings(longer[0].tolist())
-print(P, "prompt tokens:", labels[:P])
+print(P, "prompt tokens:", labels[:P])  # as the tokenizer encodes it: SmolLM2 adds no BOS (notebook 01)
 print(longer.shape[1], "tokens after appending:", labels)
 
 
@@ -75,15 +75,17 @@ with torch.no_grad():
 show_shapes(short_rot_k=short_run["rot_k", 0], long_rot_k=long_run["rot_k", 0])
 
 # %% [markdown]
-# Equal in all 30 layers. (Equal up to float rounding, not bit for bit: the matrix products are blocked
-# differently for 6 and 14 rows, so the last bits differ, about 1e-5 on values of size ~10.)
+# Equal in all the layers. (Equal up to float rounding, not bit for bit: the matrix products are blocked
+# differently for the short and the long sequence, so the last bits differ: the largest difference is
+# printed below, next to the size of the keys.)
 
 # %%
 for layer in range(L):
     torch.testing.assert_close(long_run["rot_k", layer][:, :P], short_run["rot_k", layer], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(long_run["v", layer][:, :P], short_run["v", layer], atol=1e-4, rtol=1e-4)
 worst = max((long_run["rot_k", layer][:, :P] - short_run["rot_k", layer]).abs().max().item() for layer in range(L))
-print(f"largest difference over all layers: {worst:.1e}")
+largest_key = max(short_run["rot_k", layer].abs().max().item() for layer in range(L))
+print(f"largest difference over all layers: {worst:.1e}, on keys up to {largest_key:.0f} in size")
 
 # %% [markdown]
 # ### Without the causal mask, nothing could be cached
@@ -119,11 +121,13 @@ change = [
     for layer in range(L)
 ]
 print("without the mask, largest change of the prefix keys, layers 0-4:", [f"{c:.1e}" for c in change[:5]])
-assert change[0] < 1e-4 and min(change[1:]) > 1e-2
+print(f"layers 1-{L - 1}: from {min(change[1:]):.1f} to {max(change[1:]):.1f}")
+assert change[0] < 1e-4 and min(change[1:]) > 0.1 and max(change) > 1
 
 # %% [markdown]
 # Layer 0's keys depend only on the token embeddings, so they stay put even without the mask; from layer 1 on
-# they move by whole units. A bidirectional model must recompute everything when a token arrives, which is
+# they move, by more than 0.1 in every layer and by whole units in the deeper ones (the numbers above). A
+# bidirectional model must recompute everything when a token arrives, which is
 # why encoders are not used for token-by-token generation.
 #
 # ## 2. Filling the cache, step by step
@@ -141,7 +145,7 @@ print(cache)
 print("keys per layer:", list(cache.keys[0].shape), " filled:", list(cache.layer_keys(0).shape))
 
 # %% [markdown]
-# **Prefill**: the whole prompt in one forward (6 positions at once, the efficient part). Then **decode**:
+# **Prefill**: the whole prompt in one forward (all its positions at once, the efficient part). Then **decode**:
 # one token per forward, the greedy choice fed back in. Each decode step feeds a `[1, 1]` tensor, and its
 # logits are `[1, 1, V]`: only the new position is computed.
 
@@ -159,12 +163,13 @@ with torch.no_grad():
         step_logits.append(logits[0, -1])
         if step < 3:
             print(f"decode {step}: fed {tok.token_strings([next_token])[0]!r:10} -> logits {list(logits.shape)}, length {cache.length}, layer_keys(0) {list(cache.layer_keys(0).shape)}")
-print("text:", repr(tok.decode(generated[1:])))
+print("text:", repr(tok.decode(generated[1:] if generated[0] == tok.bos_id else generated)))
 print(cache)
 
 # %% [markdown]
 # What the cache stores is exactly what attention multiplies with: the keys **after** RoPE. Compare with
-# an ordinary forward over the same 14 tokens (the last prediction, token 15, has not been fed yet):
+# an ordinary forward over the tokens the cache holds (the prompt and the 8 tokens fed back; the ninth
+# prediction has not been fed yet):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -180,7 +185,8 @@ show_shapes(cached_keys=cache.layer_keys(5), rot_k=full_run["rot_k", 5], as_bktd
 # ## 3. Cached logits = uncached logits
 #
 # The 9 predictions above (one from the prefill, one per decode step) must be exactly what one ordinary
-# forward over all the tokens predicts at positions 5..13. One forward, no cache:
+# forward over all the tokens predicts at the prompt's last position and every position after it. One
+# forward, no cache:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -252,7 +258,7 @@ print(f"16 tokens, same text: the uncached loop took {uncached_s / cached_s:.1f}
 # %%
 # NBVAL_CHECK_OUTPUT
 LAYER = 8
-step_cache = cache.clone()  # decode on a copy, the original stays at 14 positions
+step_cache = cache.clone()  # decode on a copy, the original keeps its length
 next_token = int(step_logits[-1].argmax())  # predicted at the last step, not fed yet
 last_token = torch.tensor([[next_token]], device=model.device)
 sequence = generated + [next_token]
@@ -371,11 +377,15 @@ first = next(i for i, (a, b) in enumerate(zip(correct, buggy)) if a != b)
 print("correct:", repr(tok.decode(correct[P:])))
 print("re-rotated:", repr(tok.decode(buggy[P:])))
 print(f"first different token: position {first} (generated token {first - P})")
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert buggy[P] == correct[P] and first == P + 1  # the prefill's token is right, the next one is not
+    assert len(set(buggy[-8:])) == 1  # the last eight tokens are one token repeated
 
 # %% [markdown]
-# The first token comes from the prefill, before any re-rotation. The damage starts at the first decode
-# step, but the next couple of tokens are confident enough to survive it; then the model loses track of where
-# it is and repeats itself. The first decode step's next-token distribution, correct against re-rotated:
+# The first token comes from the prefill, before any re-rotation, and is right. In SmolLM2 the damage shows
+# at once: the token from the first decode step already differs, and soon the model loses track of where
+# it is and repeats one token (the last eight are the same). The first decode step's next-token
+# distribution, correct against re-rotated:
 
 # %%
 kv_good = KVCache.allocate(model, max_length=16)
@@ -392,7 +402,7 @@ viz.topk_bars(
     tok.token_strings(top.tolist()) + [s + " (bug)" for s in tok.token_strings(top.tolist())],
     torch.cat([good_probs[top], bad_probs[top]]),
     highlight=list(range(6, 12)),
-    title="next token after ' Paris': correct vs keys rotated twice",
+    title=f"next token after {tok.decode([correct[P]])!r}: correct vs keys rotated twice",
 )
 
 # %% [markdown]
