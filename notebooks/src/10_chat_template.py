@@ -191,7 +191,7 @@ viz.token_strip(smol_strings, torch.tensor([float(i in smol_tok.special_names) f
 # NBVAL_CHECK_OUTPUT
 end_of_turn = tok.special_tokens["<|eot_id|>" if nb.is_llama3 else "<|im_end|>"]
 ask = [{"role": "user", "content": "Name three primary colors."}]
-session = model.session(ask, temperature=0)
+session = model.session(ask, temperature=0, keep_full=None)  # keep every record's logits (default: newest 16)
 session.step(48)
 history = session.history
 print(f"{len(session.prompt_tokens)} prompt tokens, {len(history)} generated, done: {session.done}")
@@ -246,8 +246,9 @@ print("encode(render_chat(...), bos=True):", doubled[:4], llama3_tok.token_strin
 print("encode_chat(...):                  ", ours[:4], llama3_tok.token_strings(ours[:3]))
 
 # %% [markdown]
-# The model never saw two BOS tokens in training. For SmolLM2 the analogue is a doubled `<|im_start|>`
-# (its BOS) in front of the chat. The greedy answers, correct and doubled:
+# That is an input the tokenizer itself never produces. For SmolLM2 the analogue is a doubled `<|im_start|>`
+# (its BOS, which already opens the chat's first turn) in front of the chat. The greedy answers, correct and
+# doubled:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -256,8 +257,16 @@ def greedy_answer(prompt_ids: list[int], n: int = 30) -> str:
 
 
 chat_ids = tok.encode_chat(question)
-print("correct:", repr(greedy_answer(chat_ids)))
-print("double BOS:", repr(greedy_answer([tok.bos_id] + chat_ids)))
+correct_answer, doubled_answer = greedy_answer(chat_ids), greedy_answer([tok.bos_id] + chat_ids)
+print("correct:", repr(correct_answer))
+print("double BOS:", repr(doubled_answer))
+assert chat_ids[0] == tok.bos_id  # the chat template starts with BOS already
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert "Paris" in correct_answer and "Paris" not in doubled_answer
+
+# %% [markdown]
+# In SmolLM2 one extra `<|im_start|>` in front is enough to lose the answer: the doubled prompt's reply
+# does not name Paris.
 
 # %% [markdown]
 # ## 5. Common mistake: special-token text typed as plain text
@@ -289,8 +298,7 @@ print("a user typing the markers: real <|im_end|> tokens:", injected_ids.count(s
 
 # %% [markdown]
 # On the model: the chat rendered as a string and then fed as *text* (`model.generate(string)` encodes text,
-# so the markers become punctuation and letters). The model no longer sees a conversation: it rambles on
-# and does not end its turn.
+# so the markers become punctuation and letters). The model no longer sees a conversation.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -299,6 +307,13 @@ print("prompt tokens as text:", len(as_text.prompt_tokens), "instead of", len(ch
 print(repr(as_text), as_text.stop_reason)
 as_ids = model.generate(chat_ids, max_new_tokens=30, temperature=0)
 print(repr(as_ids), as_ids.stop_reason)
+assert as_ids.stop_reason == "stop_token" and as_text.stop_reason == "max_new_tokens"
+if not nb.is_llama3:
+    assert as_text.count(str(as_ids)) > 1  # SmolLM2 repeats the answer over and over
+
+# %% [markdown]
+# Fed as ids, the answer ends with the end-of-turn token; fed as text, it never ends its turn and runs to
+# the token limit (in SmolLM2, by repeating the answer).
 
 # %% [markdown]
 # ## 6. Explore: step through an answer
