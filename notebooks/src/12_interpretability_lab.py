@@ -42,7 +42,8 @@ L, H = cfg.num_hidden_layers, cfg.num_attention_heads
 #
 # An **induction head** completes patterns: having seen `... A B ... A`, it attends from the second `A` to
 # the `B` that followed the first one and copies it. It is found by behaviour, not by looking: feed a
-# sequence of random tokens twice (`[BOS, r_1..r_T, r_1..r_T]`). Nothing in the first half is predictable;
+# sequence of random tokens twice (`[BOS, r_1..r_T, r_1..r_T]`; `repeated_random_tokens` puts the BOS
+# there explicitly, also for SmolLM2, whose texts start without one). Nothing in the first half is predictable;
 # everything in the second half is, by copying. An induction head's query at the second copy of `r_j`
 # (position `T + j`) attends to position `j + 1`. Induction usually needs a **previous-token head** in an
 # earlier layer (one that writes "the token before me was `A`" into each position), so we score those too:
@@ -55,6 +56,7 @@ repeated = analysis.repeated_random_tokens(model, T, batch=1, seed=0)  # [1, 1 +
 with torch.no_grad():
     repeated_logits, repeated_cache = model.run_with_cache(repeated, names_filter=lambda name: name.endswith("hook_pattern"))
 show_shapes(tokens=repeated, pattern_layer_0=repeated_cache["pattern", 0])
+assert repeated[0, 0] == tok.bos_id  # BOS added explicitly, whatever the tokenizer's own setting
 print("first copy == second copy:", torch.equal(repeated[0, 1 : T + 1], repeated[0, T + 1 :]))
 
 # %% [markdown]
@@ -189,6 +191,7 @@ metric = analysis.logit_diff_metric(paris, rome)  # logit(Paris) − logit(Rome)
 with torch.no_grad():
     clean_diff, corrupted_diff = float(metric(model(clean_ids))), float(metric(model(corrupted_ids)))
 clean_labels = tok.token_strings(clean_ids[0].tolist())
+subject = clean_labels.index(" Tower") - 1 if " Tower" in clean_labels else 1  # SmolLM2: 'iffel', before ' Tower'
 print(clean_labels)
 print(tok.token_strings(corrupted_ids[0].tolist()))
 print(f"logit(' Paris') − logit(' Rome'): clean {clean_diff:.2f}, corrupted {corrupted_diff:.2f}")
@@ -209,15 +212,15 @@ with torch.no_grad():
 
 def paste_clean(resid: torch.Tensor, hook) -> torch.Tensor:
     resid = resid.clone()
-    resid[:, 3] = clean_cache[name][:, 3]  # position 3: 'iffel' / 'osse'
+    resid[:, subject] = clean_cache[name][:, subject]  # SmolLM2: position 2, 'iffel' / 'osse'
     return resid
 
 
 with torch.no_grad():
     ours = float(metric(model.run_with_hooks(corrupted_ids, [(name, paste_clean)])))
-package = analysis.patch_resid(model, clean, corrupted, metric, layers=[9], positions=[3])
+package = analysis.patch_resid(model, clean, corrupted, metric, layers=[9], positions=[subject])
 torch.testing.assert_close(torch.tensor([[ours]]), package)
-print(f"patching resid_pre of layer 9 at position 3: {ours:.2f}")
+print(f"patching resid_pre of layer 9 at position {subject} ({clean_labels[subject]!r}): {ours:.2f}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -225,20 +228,23 @@ patched = analysis.patch_resid(model, clean, corrupted, metric, layers=layers)  
 show_shapes(patched=patched)
 restored = (patched - corrupted_diff) / (clean_diff - corrupted_diff)  # 0 = corrupted, 1 = clean
 print("fraction restored at the last position, by layer:", fmt(restored[:, -1], 2))
-print("fraction restored at 'iffel' (position 3), by layer:", fmt(restored[:, 3], 2))
-print("fraction restored at ' Tower' (position 4), by layer:", fmt(restored[:, 4], 2))
+print(f"fraction restored at {clean_labels[subject]!r} (position {subject}), by layer:", fmt(restored[:, subject], 2))
+print(f"fraction restored at {clean_labels[subject + 1]!r} (position {subject + 1}), by layer:",
+      fmt(restored[:, subject + 1], 2))
 if not nb.is_llama3:  # what the text below says about SmolLM2
-    assert clean_labels[3:5] == ["iffel", " Tower"]
+    assert clean_labels[2:4] == ["iffel", " Tower"] and subject == 2  # no BOS: 'The' is position 0
     early, late = [i for i, l in enumerate(layers) if l <= 21], [i for i, l in enumerate(layers) if l >= 24]
-    assert (restored[early, 3] > 0.5).all() and (restored[early, 3] > restored[early, 4]).all()  # mostly 'iffel'
-    assert (restored[early, 4] > 0.1).all()  # partly ' Tower'
+    tower = subject + 1
+    assert (restored[early, subject] > 0.5).all() and (restored[early, subject] > restored[early, tower]).all()
+    assert (restored[early, tower] > 0.1).all()  # partly ' Tower'
     assert (restored[early, -1].abs() < 0.1).all() and (restored[late, -1] > 0.5).all()  # then the last position
-    assert (restored[late, 3:5].abs() < 0.1).all()  # and the subject no longer matters
+    assert (restored[late, subject : tower + 1].abs() < 0.1).all()  # and the subject no longer matters
 
 # %% [markdown]
 # The map (there is no layer × position heatmap in `viz`, so the layer × head heatmap is reused with the
-# columns relabelled as positions). Up to layer 21 the answer is carried by the subject: mostly by
-# `iffel` (position 3; patching it alone restores most of the difference), partly by ` Tower`. By layer 24 it has moved
+# columns relabelled as positions). In SmolLM2, up to layer 21 the answer is carried by the subject: mostly
+# by `iffel` (position 2: the prompt starts with `The`, no BOS; patching it alone restores most of the
+# difference), partly by ` Tower`. By layer 24 it has moved
 # to the last position, where the prediction is made, and patching the subject no longer does anything.
 # That is the picture of factual recall found in larger models: the fact is assembled on the subject's
 # tokens, then moved by attention to the end.
@@ -274,6 +280,10 @@ show_shapes(components=components, direction=direction, dla=dla)
 print(f"sum of direct attributions {dla.sum():.2f} = the logit difference {clean_diff:.2f}")
 top = dla[:, 0].abs().topk(6).indices
 print("largest components:", {labels[i]: fmt(dla[i, 0], 2) for i in top.tolist()})
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    by_name = dict(zip(labels, dla[:, 0].tolist()))
+    assert {labels[i] for i in top[:2].tolist()} == {"23_attn_out", "24_mlp_out"}
+    assert all(by_name[f"{l}_mlp_out"] > 0.5 for l in (24, 25, 26)) and by_name["29_mlp_out"] < -0.5
 
 # %% [markdown]
 # Per layer, attention and MLP side by side (the embedding's term, row 0, is left out):
@@ -287,10 +297,10 @@ layer_figure.axes[0].set_xlabel("")
 layer_figure
 
 # %% [markdown]
-# Layers 23-26 write most of the answer directly: the MLPs of layers 24-26 and the attention of layer 23,
-# while the last MLP pushes back a little. Attention per head (`head_logit_attribution`, each head's `z`
-# through its slice of `W_O`; they sum to the attention rows above) shows that layer 23's share is mostly
-# one head:
+# In SmolLM2 layers 23-26 write most of the answer directly: the attention of layer 23 and the MLPs of
+# layers 24-26, while the last MLP (layer 29) pushes back. Attention per head (`head_logit_attribution`,
+# each head's `z` through its slice of `W_O`; they sum to the attention rows above) shows where layer 23's
+# share comes from:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -298,6 +308,15 @@ per_head_dla = analysis.head_logit_attribution(model, clean_cache, paris, agains
 torch.testing.assert_close(per_head_dla.sum(1), dla[1::2, 0], atol=1e-4, rtol=1e-4)
 print("heads writing most for Paris:", top_heads(per_head_dla, 3), fmt([per_head_dla[h] for h in top_heads(per_head_dla, 3)], 2))
 print("heads writing most for Rome:", top_heads(-per_head_dla, 3), fmt([per_head_dla[h] for h in top_heads(-per_head_dla, 3)], 2))
+layer_23 = per_head_dla[23]
+two_heads = layer_23.topk(2).indices.tolist()
+print(f"layer 23: heads {two_heads} write {fmt(layer_23[two_heads].sum(), 2)} of its {fmt(layer_23.sum(), 2)}")
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert two_heads == [4, 1] and layer_23[two_heads].sum() > 0.6 * layer_23.sum()
+
+# %% [markdown]
+# Two heads of layer 23, 4 and 1, write most of its share (the numbers above); head 4 is also the head that
+# writes most for Paris in the whole model.
 
 # %%
 viz.head_score_heatmap(per_head_dla, title="direct logit attribution per head (Paris − Rome)", center=0,
@@ -309,8 +328,9 @@ viz.head_score_heatmap(per_head_dla, title="direct logit attribution per head (P
 # If a direction in the residual stream encodes a concept, adding it should change what the model writes.
 # The "activation addition" recipe: run two contrasting prompts, take the difference of their residuals at
 # one layer, and add a multiple of it during generation. We average the difference over the prompts'
-# positions (both are 10 tokens; the BOS position is identical and skipped); at the last position it is
-# exactly `analysis.steering_vector`.
+# positions (both are 9 tokens in SmolLM2, which adds no BOS; position 0 holds `I` in both, and since
+# position 0 only sees itself its residual is identical: it is skipped); at the last position the
+# difference is exactly `analysis.steering_vector`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -324,6 +344,7 @@ difference = plus[hook_name][0] - minus[hook_name][0]  # [P, D]
 torch.testing.assert_close(difference[-1], analysis.steering_vector(model, positive, negative, hook_name))
 vector = difference[1:].mean(0)  # [D]
 show_shapes(difference=difference, vector=vector)
+assert model.to_str_tokens(positive)[0] == model.to_str_tokens(negative)[0] and difference[0].abs().max() == 0
 
 # %% [markdown]
 # The steering hook adds `scale · vector` at every position of `resid_pre` of layer 6:
@@ -362,8 +383,21 @@ viz.topk_bars(tok.token_strings(promoted.tolist()), shift[promoted], xlabel="Δ 
               title=f"tokens promoted by +{SCALE:g} x (love − hate) at layer {STEER_LAYER}")
 
 # %% [markdown]
-# Steering is blunt: too large a scale (try 4 or 8) pushes the residual off the model's distribution and
-# the text degrades into repetition before it gets "more positive".
+# Steering is blunt: too large a scale pushes the residual off the model's distribution. Two larger scales,
+# 4 and 8:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for big in (4.0, 8.0):
+    with analysis.steering(model, hook_name, vector, scale=big):
+        overdone = model.generate(prompt, max_new_tokens=20, temperature=0)
+    print(f"+{big:g} x love−hate: {str(overdone)!r} ({len(set(overdone.tokens))} distinct tokens of 20)")
+if not nb.is_llama3:
+    assert len(set(overdone.tokens)) < len(set(after.tokens)) / 2  # scale 8: repetition
+
+# %% [markdown]
+# In SmolLM2, at scale 8 the text degrades into repetition (less than half as many distinct tokens as at
+# scale 2) instead of getting "more positive".
 #
 # ## 6. Explore the induction heads
 #
