@@ -41,6 +41,9 @@ nb = load_notebook_model()
 model, tok = nb.model, nb.tokenizer
 cfg = model.cfg
 L, H = cfg.num_hidden_layers, cfg.num_attention_heads
+# The same logits computed two ways (a full forward, or from a layer on) agree to float32 rounding; bf16's
+# rounding is a thousand times coarser.
+TOL = dict(atol=1e-3, rtol=1e-4) if nb.dtype == torch.float32 else dict(atol=0.5, rtol=0.05)
 
 # %% [markdown]
 # ## 1. A task the model solves
@@ -188,7 +191,7 @@ def normalized_rows(patched: torch.Tensor, clean_values: torch.Tensor, corrupted
 
 
 clean_cache, corrupted_cache = patching_cache(model, clean_ids), patching_cache(model, corrupted_ids)
-torch.testing.assert_close(run_from(model, 0, corrupted_cache["resid_pre", 0])[:, -1], corrupted_logits[:, -1], atol=1e-3, rtol=1e-4)
+torch.testing.assert_close(run_from(model, 0, corrupted_cache["resid_pre", 0])[:, -1], corrupted_logits[:, -1], **TOL)
 assert all(torch.equal(clean_cache["resid_pre", l][:, :S2], corrupted_cache["resid_pre", l][:, :S2]) for l in range(L))
 
 # %% [markdown]
@@ -227,7 +230,7 @@ layers = list(range(0, L, 2))  # every second layer: the picture is smooth in de
 positions = list(range(S2, P))  # earlier positions restore exactly 0 (identical residuals)
 resid_rows = patch_resid_rows(model, clean_cache, corrupted_cache, logit_diff_rows, layers, positions)  # [layers, positions, N]
 package_cell = analysis.patch_resid(model, clean_ids, corrupted_ids, mean_logit_diff, layers=[layers[10]], positions=[P - 1])
-torch.testing.assert_close(package_cell[0, 0], resid_rows[10, -1].mean(), atol=1e-3, rtol=1e-4)
+torch.testing.assert_close(package_cell[0, 0], resid_rows[10, -1].mean(), **TOL)
 resid_effects = torch.zeros(N, len(layers), P, dtype=torch.float64)  # [N, layers, P], 0 before S2
 resid_effects[:, :, S2:] = normalized_rows(resid_rows, clean_diff, corrupted_diff)
 resid_estimate = analysis.bootstrap_ci(resid_effects)  # mean and 95% interval over the 8 examples
@@ -310,7 +313,7 @@ assert patching_seconds > attribution_seconds
 # %%
 # NBVAL_CHECK_OUTPUT
 package_layer = analysis.patch_head_z(model, clean_ids, corrupted_ids, mean_logit_diff, layers=[23])
-torch.testing.assert_close(package_layer[0], head_rows[23].mean(-1), atol=1e-3, rtol=1e-4)
+torch.testing.assert_close(package_layer[0], head_rows[23].mean(-1), **TOL)
 head_effects = normalized_rows(head_rows, clean_diff, corrupted_diff)  # [N, L, H]
 head_estimate = analysis.bootstrap_ci(head_effects)
 show_shapes(head_rows=head_rows, head_effects=head_effects)
@@ -466,20 +469,20 @@ coarse_gap, gap_64 = float(coarse.convergence_delta[0]) / change, float(ig.conve
 print(f"f(prompt) − f(baseline) = {change:.2f}; sum of the attributions {ig.values.sum():.2f}")
 print(f"completeness gap: {coarse_gap:.1%} of the change with 16 nodes (warned: {len(caught) > 0}), "
       f"{gap_64:.1%} with 64")
-assert abs(gap_64) < 0.01 and len(caught) == 1
+assert len(caught) == (abs(coarse_gap) > 0.01)  # the package warns exactly when the gap exceeds 1%
 gradient_input = analysis.gradient_x_input(model, clean_ids[:1], target)  # the one-backward shortcut
 ig_values, gxi_values = ig.values[0].cpu(), gradient_input.values[0].cpu()
 print("largest integrated gradients:", [(labels[i], round(float(ig_values[i]), 2)) for i in ig_values.argsort(descending=True)[:3].tolist()])
-if not nb.is_llama3:  # what the text below says about SmolLM2
-    assert abs(coarse_gap) > 0.1
+if not nb.is_llama3:  # what the text below says about SmolLM2 (float32; bf16 gradients are coarser)
+    assert abs(coarse_gap) > 0.1 and abs(gap_64) < 0.01
     assert set(ig_values.argsort(descending=True)[:2].tolist()) == {2, S2}  # ' Mary' (IO) and ' John' (S2)
     assert ig_values[4] < 0 and ig_values[3] < 0  # ' John' (S1) and ' and' count against
     assert int(gxi_values.argmax()) == 2 and set(gxi_values.argsort(descending=True)[:3].tolist()) == {0, 1, 2}
     assert gxi_values[S2] < ig_values[S2] / 2
 
 # %% [markdown]
-# With 16 nodes the attributions miss the change by more than 10% (and the package warns); with 64 the gap
-# is under 1%. The two names that decide the answer carry the largest attributions in SmolLM2: the
+# In SmolLM2, with 16 nodes the attributions miss the change by more than 10% (and the package warns);
+# with 64 the gap is under 1%. The two names that decide the answer carry the largest attributions in SmolLM2: the
 # indirect object ` Mary` and the repeated ` John`; the first ` John` and ` and` count against it.
 # Gradient × input, the one-backward shortcut (the gradient at the prompt times the embedding), tells
 # another story: its three largest values are on ` Mary`, the BOS and `When`, and the repeated ` John`
