@@ -53,7 +53,10 @@ TOL = dict(atol=1e-3, rtol=1e-4) if nb.dtype == torch.float32 else dict(atol=0.5
 # name" is never the rule. The **corrupted** prompt differs in one token: the giver is the IO, which makes
 # the *other* name the answer. Names are single tokens, so every clean and corrupted prompt has the same
 # length and positions line up (batches of prompts of different lengths, with padding, are not used here:
-# every prompt below has the same number of tokens, which the cell checks).
+# every prompt below has the same number of tokens, which the cell checks). Every prompt starts with BOS,
+# added explicitly (`prepend_bos=True`: SmolLM2's tokenizer adds none by itself, Llama 3's does): it gives
+# the model its usual attention sink, as the IOI prompts of the literature start with GPT-2's
+# `<|endoftext|>`, and it lets integrated gradients (below) leave the sink out of the attribution.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -71,7 +74,8 @@ for i, (io, s) in enumerate(name_pairs):
     first, second = (io, s) if i % 2 == 0 else (s, io)
     clean_texts.append(templates[i % 4].format(A=first, B=second, S=s))
     corrupted_texts.append(templates[i % 4].format(A=first, B=second, S=io))
-clean_ids, corrupted_ids = model.to_tokens(clean_texts), model.to_tokens(corrupted_texts)  # [N, P]: equal lengths
+clean_ids = model.to_tokens(clean_texts, prepend_bos=True)  # [N, P]: equal lengths, BOS first
+corrupted_ids = model.to_tokens(corrupted_texts, prepend_bos=True)
 io_ids = torch.tensor([tok.encode(io)[0] for io, _ in name_pairs], device=model.device)
 s_ids = torch.tensor([tok.encode(s)[0] for _, s in name_pairs], device=model.device)
 N, P = clean_ids.shape
