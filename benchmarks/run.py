@@ -59,6 +59,7 @@ from benchmarks.common import (  # noqa: E402 - after the path set-up above
     synchronize,
     timed,
     transformers_greedy,
+    transformers_greedy_batch,
     transformers_twin,
     weight_bytes,
     write_section,
@@ -460,20 +461,7 @@ def phase_batch_decode(opts: Options) -> PhaseResult:
             batch = model.to_token_batch(prompts, padding_side="left")
 
             def theirs() -> list[list[int]]:
-                with torch.inference_mode():
-                    out = twin.generate(
-                        batch.ids,
-                        attention_mask=batch.mask.long(),
-                        max_new_tokens=n,
-                        min_new_tokens=n,
-                        do_sample=False,
-                        pad_token_id=0,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                        eos_token_id=None,
-                    )
-                return out[:, batch.ids.shape[1] :].tolist()
+                return transformers_greedy_batch(twin, batch.ids, batch.mask, n)
 
             variants["transformers"] = theirs
             outputs["transformers"] = theirs()

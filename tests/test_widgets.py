@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llama3_lab.widgets import KNOWN_CONFIGS, ConfigExplorer, RoPEExplorer
@@ -139,3 +140,14 @@ def test_retired_explorers_name_the_view_that_replaced_them(name: str, view: str
 
     with pytest.raises(AttributeError, match=rf"{name} was retired: use llama3_lab\.views\.{view}"):
         getattr(llama3_lab.widgets, name)
+
+
+def test_config_explorer_plot_follows_the_batch_slider() -> None:
+    explorer = ConfigExplorer(model="SmolLM2-135M", seq_len=1024)
+    one = explorer.figure()
+    explorer.batch.value = 8
+    eight = explorer.figure()
+    kv = [line for line in one.axes[1].get_lines() if "GQA (" in line.get_label()][0]
+    kv8 = [line for line in eight.axes[1].get_lines() if "GQA (" in line.get_label()][0]
+    np.testing.assert_allclose(kv8.get_ydata(), 8 * kv.get_ydata())
+    assert "batch 8" in eight.axes[1].get_xlabel()
