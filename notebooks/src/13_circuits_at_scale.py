@@ -54,9 +54,9 @@ TOL = dict(atol=1e-3, rtol=1e-4) if nb.dtype == torch.float32 else dict(atol=0.5
 # the *other* name the answer. Names are single tokens, so every clean and corrupted prompt has the same
 # length and positions line up (batches of prompts of different lengths, with padding, are not used here:
 # every prompt below has the same number of tokens, which the cell checks). Every prompt starts with BOS,
-# added explicitly (`prepend_bos=True`: SmolLM2's tokenizer adds none by itself, Llama 3's does): it gives
-# the model its usual attention sink, as the IOI prompts of the literature start with GPT-2's
-# `<|endoftext|>`, and it lets integrated gradients (below) leave the sink out of the attribution.
+# added explicitly (`prepend_bos=True`: SmolLM2's tokenizer adds none by itself, Llama 3's does): the sink
+# is the first position either way (notebooks 04, 07); BOS makes it one anchor shared by every prompt, as
+# `<|endoftext|>` does in the IOI literature, and lets integrated gradients (below) leave it out of the attribution.
 
 # %%
 # NBVAL_CHECK_OUTPUT
