@@ -221,10 +221,15 @@ def transformers_twin(model: Any, attn: str = "eager", dtype: torch.dtype | None
 def transformers_greedy(twin: Any, prompt: list[int], n: int) -> list[int]:
     """Exactly ``n`` greedy tokens from transformers ``generate`` (no stop token), as a list of ids."""
     input_ids = torch.tensor([prompt], device=twin.device)
+    return transformers_greedy_batch(twin, input_ids, torch.ones_like(input_ids), n)[0]
+
+
+def transformers_greedy_batch(twin: Any, ids: torch.Tensor, mask: torch.Tensor, n: int) -> list[list[int]]:
+    """Exactly ``n`` greedy tokens per row from transformers ``generate`` on a (left-padded) batch."""
     with torch.inference_mode():
         out = twin.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            ids,
+            attention_mask=mask.long(),
             max_new_tokens=n,
             min_new_tokens=n,
             do_sample=False,
@@ -234,7 +239,7 @@ def transformers_greedy(twin: Any, prompt: list[int], n: int) -> list[int]:
             top_p=None,
             top_k=None,
         )
-    return out[0, len(prompt) :].tolist()
+    return out[:, ids.shape[1] :].tolist()
 
 
 # -------------------------------------------------------------------------------------- RESULTS.md

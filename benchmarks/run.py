@@ -59,13 +59,14 @@ from benchmarks.common import (  # noqa: E402 - after the path set-up above
     synchronize,
     timed,
     transformers_greedy,
+    transformers_greedy_batch,
     transformers_twin,
     weight_bytes,
     write_section,
 )
 
 EMBEDDED = "smollm2-135m-instruct"
-PHASES = ("load", "forward", "hooks", "decode", "session", "batch_forward", "batch_decode")
+PHASES = ("load", "forward", "hooks", "decode", "session", "batch_forward", "batch_decode", "gradients")
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
@@ -460,20 +461,7 @@ def phase_batch_decode(opts: Options) -> PhaseResult:
             batch = model.to_token_batch(prompts, padding_side="left")
 
             def theirs() -> list[list[int]]:
-                with torch.inference_mode():
-                    out = twin.generate(
-                        batch.ids,
-                        attention_mask=batch.mask.long(),
-                        max_new_tokens=n,
-                        min_new_tokens=n,
-                        do_sample=False,
-                        pad_token_id=0,
-                        temperature=None,
-                        top_p=None,
-                        top_k=None,
-                        eos_token_id=None,
-                    )
-                return out[:, batch.ids.shape[1] :].tolist()
+                return transformers_greedy_batch(twin, batch.ids, batch.mask, n)
 
             variants["transformers"] = theirs
             outputs["transformers"] = theirs()
@@ -509,6 +497,31 @@ def phase_batch_decode(opts: Options) -> PhaseResult:
     return result
 
 
+def phase_gradients(opts: Options) -> PhaseResult:
+    """Gradient cache of every hook / forward + backward; attribution vs actual patching of every head."""
+    from benchmarks.gradients import measure
+
+    result = PhaseResult("gradients")
+    model = build_model(opts)
+    m = measure(model, n_tokens=16 if opts.quick else 64, reps=max(2, opts.reps // 3))
+    result.data.update(
+        ratio=m["ratio"].as_dict(), attribution_s=m["attribution_s"], patching_s=m["patching_s"],
+        correlation=m["correlation"],
+    )  # fmt: skip
+    cache_metric = f"gradient cache of all {m['hooks']} hook points / forward + backward"
+    result.rows.append(Row("gradients", cache_metric, m["ratio"].text(), "≤ 1.3", m["ratio"].median <= 1.3))
+    speedup = m["patching_s"] / m["attribution_s"]
+    heads_metric = (
+        f"every head ({m['heads']}): actual patching / attribution patching, wall time "
+        f"({m['patching_s']:.1f} / {m['attribution_s']:.2f} s)"
+    )
+    result.rows.append(Row("gradients", heads_metric, f"{speedup:.0f}x", "≥ 20x", speedup >= 20))
+    result.rows.append(
+        Row("gradients", "correlation of attribution with actual patching", f"{m['correlation']:.3f}")
+    )
+    return result
+
+
 PHASE_FUNCTIONS: dict[str, Callable[[Options], PhaseResult]] = {
     "load": phase_load,
     "forward": phase_forward,
@@ -517,6 +530,7 @@ PHASE_FUNCTIONS: dict[str, Callable[[Options], PhaseResult]] = {
     "session": phase_session,
     "batch_forward": phase_batch_forward,
     "batch_decode": phase_batch_decode,
+    "gradients": phase_gradients,
 }
 
 

@@ -61,10 +61,15 @@ class KVCache:
         """Empty cache for ``batch_size`` sequences of up to ``max_length`` positions.
 
         ``cfg`` may be the model itself, whose device and dtype are then the defaults (else CPU and
-        float32). ``max_length`` defaults to ``max_position_embeddings``; memory is reserved, not
-        touched, until positions are written.
+        float32); for a model placed over several devices (``model.placement``) each layer's keys and
+        values go to the device that layer computes on. ``max_length`` defaults to
+        ``max_position_embeddings``; memory is reserved, not touched, until positions are written.
         """
+        layer_devices = None
         if not isinstance(cfg, LlamaConfig):  # a model
+            placement = getattr(cfg, "placement", None)  # a model over several devices (placement.Plan)
+            if device is None and placement is not None:
+                layer_devices = [placement.layer_device(layer) for layer in range(cfg.cfg.num_hidden_layers)]
             device = device if device is not None else cfg.device
             dtype = dtype or cfg.dtype
             cfg = cfg.cfg
@@ -77,8 +82,10 @@ class KVCache:
         shape = (batch_size, cfg.num_key_value_heads, max_length, cfg.head_dim)
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype or torch.float32
-        keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-        values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        # Each layer's keys and values live where that layer computes (one device unless placed).
+        devices = layer_devices or [device] * cfg.num_hidden_layers
+        keys = [torch.empty(shape, device=where, dtype=dtype) for where in devices]
+        values = [torch.empty(shape, device=where, dtype=dtype) for where in devices]
         return cls(keys, values)
 
     # -- shape --------------------------------------------------------------------------------------------
@@ -200,11 +207,11 @@ class KVCache:
     def select_rows(self, rows: torch.Tensor | list[int]) -> KVCache:
         """Keep only the batch rows ``rows`` (in that order), in place: batched generation drops the
         rows that have finished so that no forward is spent on them."""
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-        self.keys = [t.index_select(0, index) for t in self.keys]
-        self.values = [t.index_select(0, index) for t in self.values]
+        index = torch.as_tensor(rows, dtype=torch.long)
+        self.keys = [t.index_select(0, index.to(t.device)) for t in self.keys]  # layers may differ in device
+        self.values = [t.index_select(0, index.to(t.device)) for t in self.values]
         if self.key_mask is not None:
-            self.key_mask = self.key_mask.index_select(0, index)
+            self.key_mask = self.key_mask.index_select(0, index.to(self.key_mask.device))
         return self
 
     def _copy_filled(

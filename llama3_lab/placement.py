@@ -121,6 +121,10 @@ class Plan:
         """Where a module placed on ``device`` computes: CPU and disk weights travel to the main device."""
         return self.main_device if device in ("cpu", "disk") else device
 
+    def layer_device(self, layer: int) -> torch.device:
+        """The torch device block ``layer`` computes on (and keeps its KV cache on)."""
+        return torch_device(self.execution_device(self.device_map[f"blocks.{layer}"]))
+
     def weight_bytes(self) -> dict[Device, int]:
         """Weight bytes stored on each device (tied weights counted once, where accelerate keeps them)."""
         totals = dict.fromkeys(self.devices, 0)

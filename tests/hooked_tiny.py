@@ -1,7 +1,11 @@
-"""The tiny random Llama that the hook, cache and memory tests share (3 layers, 6/2 heads, vocab 211)."""
+"""The tiny random Llama that the hook, cache and memory tests share (3 layers, 6/2 heads, vocab 211).
+
+Its fixtures ``tiny`` and ``tokens`` reach a test module through ``pytest_plugins = ["hooked_tiny"]``.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llama3_lab.config import LlamaConfig
@@ -34,3 +38,13 @@ def random_tokens() -> torch.Tensor:
 def no_hooks_left(model: LlamaModel) -> bool:
     """Nothing this thread runs would see a hook point: no module hooks, no context hooks."""
     return model.hooked_names() == []
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LlamaModel:
+    return hooked_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def tokens() -> torch.Tensor:
+    return random_tokens()

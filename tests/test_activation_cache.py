@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hooked_tiny import L, hooked_tiny_model, no_hooks_left, random_tokens
+from hooked_tiny import L, no_hooks_left
 
-from llama3_lab.model import LlamaModel
-
-
-@pytest.fixture(scope="module")
-def tiny() -> LlamaModel:
-    return hooked_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def tokens() -> torch.Tensor:
-    return random_tokens()
+pytest_plugins = ["hooked_tiny"]  # the fixtures tiny and tokens
 
 
 def test_cache_shapes_follow_the_catalogue(tiny, tokens):

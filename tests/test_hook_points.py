@@ -6,20 +6,11 @@ import re
 
 import pytest
 import torch
-from hooked_tiny import hooked_tiny_model, no_hooks_left, random_tokens
+from hooked_tiny import no_hooks_left
 
 from llama3_lab.hook_points import HookNameError, get_act_name, hooked_names, is_hooked
-from llama3_lab.model import LlamaModel
 
-
-@pytest.fixture(scope="module")
-def tiny() -> LlamaModel:
-    return hooked_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def tokens() -> torch.Tensor:
-    return random_tokens()
+pytest_plugins = ["hooked_tiny"]  # the fixtures tiny and tokens
 
 
 # ------------------------------------------------------------------------------------ short names

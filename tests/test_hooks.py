@@ -8,22 +8,13 @@ import weakref
 import psutil
 import pytest
 import torch
-from hooked_tiny import L, hooked_tiny_model, no_hooks_left, random_tokens
+from hooked_tiny import L, no_hooks_left
 
 from llama3_lab.activation_cache import ActivationCache
 from llama3_lab.hook_points import HookNameError
 from llama3_lab.kv_cache import KVCache
-from llama3_lab.model import LlamaModel
 
-
-@pytest.fixture(scope="module")
-def tiny() -> LlamaModel:
-    return hooked_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def tokens() -> torch.Tensor:
-    return random_tokens()
+pytest_plugins = ["hooked_tiny"]  # the fixtures tiny and tokens
 
 
 # ------------------------------------------------------------------------------------------ names

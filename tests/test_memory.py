@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 import pytest
 import torch
-from hooked_tiny import hooked_tiny_model, no_hooks_left, random_tokens
+from hooked_tiny import no_hooks_left
 
 from llama3_lab import memory
 from llama3_lab.config import LlamaConfig
@@ -13,15 +13,7 @@ from llama3_lab.kv_cache import KVCache
 from llama3_lab.memory import MemoryBudgetError
 from llama3_lab.model import LlamaModel
 
-
-@pytest.fixture(scope="module")
-def tiny() -> LlamaModel:
-    return hooked_tiny_model()
-
-
-@pytest.fixture(scope="module")
-def tokens() -> torch.Tensor:
-    return random_tokens()
+pytest_plugins = ["hooked_tiny"]  # the fixtures tiny and tokens
 
 
 @pytest.mark.parametrize(

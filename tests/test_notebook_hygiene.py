@@ -29,8 +29,9 @@ CURRICULUM = [
     "10_chat_template.ipynb",
     "11_weights_verification.ipynb",
     "12_interpretability_lab.ipynb",
+    "13_circuits_at_scale.ipynb",
 ]
-"""The thirteen notebooks of the curriculum (issue 7), in order."""
+"""The fourteen notebooks of the curriculum, in order."""
 
 
 MAX_BYTES = 1_500_000

@@ -420,6 +420,73 @@ def test_token_strip_caps_long_sequences_and_says_so():
     assert windowed.texts[0].get_text() == "␣w1000" and len(windowed.texts) == 10
 
 
+# ------------------------------------------------------------------------------------ attribution
+
+
+def test_attribution_scatter_draws_every_component_the_identity_line_and_the_correlation():
+    rng = np.random.default_rng(0)
+    actual = rng.normal(size=(6, 4))
+    estimate = 0.8 * actual + 0.1 * rng.normal(size=(6, 4))
+    fig = viz.attribution_scatter(estimate, actual, title="heads")
+    ax = fig.axes[0]
+    offsets = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(offsets[:, 0], actual.ravel())
+    np.testing.assert_allclose(offsets[:, 1], estimate.ravel())
+    np.testing.assert_allclose(ax.collections[0].get_array(), np.repeat(np.arange(6), 4))  # coloured by layer
+    identity = ax.get_lines()[0]
+    np.testing.assert_allclose(identity.get_xdata(), identity.get_ydata())
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    r = np.corrcoef(actual.ravel(), estimate.ravel())[0, 1]
+    assert legend == ["y = x", f"Pearson r = {r:.3f}"] and viz.pearson_r(estimate, actual) == pytest.approx(r)
+    largest = np.argsort(-np.abs(actual.ravel()))[:5]
+    assert [t.get_text() for t in ax.texts] == [f"{i // 4}.{i % 4}" for i in largest]
+    assert ax.get_xlim() == ax.get_ylim() and fig.axes[1].get_ylabel() == "layer"
+    with pytest.raises(ValueError, match="same order"):
+        viz.attribution_scatter(estimate, actual[:3])
+
+
+def test_effect_ci_heatmap_hatches_intervals_that_contain_zero_and_writes_the_others():
+    mean = np.array([[0.5, 0.02, -0.4], [0.0, 0.3, -0.01]])
+    half = np.array([[0.1, 0.05, 0.1], [0.2, 0.4, 0.005]])
+    fig = viz.effect_ci_heatmap(mean, mean - half, mean + half, "patching", label="fraction restored")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), mean)
+    norm = ax.images[0].norm
+    assert norm.vmin == pytest.approx(-0.5) and norm.vmax == pytest.approx(0.5)  # centred at 0
+    hatched = ax.collections[0]
+    corners = sorted(tuple(path.vertices[0] + 0.5) for path in hatched.get_paths())
+    assert corners == [(0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]  # (column, row) of the cells whose interval has 0
+    assert hatched.get_hatch() == "///"
+    assert sorted(t.get_text() for t in ax.texts) == ["-0.01\n±0.005", "-0.40\n±0.1", "0.50\n±0.1"]
+    assert ax.get_xlabel() == "head" and ax.get_ylabel() == "layer" and ax.get_title() == "patching"
+    assert ax.get_legend().get_texts()[0].get_text() == "95% interval contains 0"
+    assert fig.axes[1].get_ylabel() == "fraction restored"
+    by_position = viz.effect_ci_heatmap(
+        mean, mean - half, mean + half, x_labels=[" a", "\n", " c"], annotate_min=0.1
+    )
+    assert tick_texts(by_position.axes[0]) == ["␣a", "⏎", "␣c"]
+    assert sorted(t.get_text() for t in by_position.axes[0].texts) == ["-0.40\n±0.1", "0.50\n±0.1"]
+    with pytest.raises(ValueError, match="low must not exceed high"):
+        viz.effect_ci_heatmap(mean, mean + half, mean - half)
+
+
+def test_token_attribution_puts_one_signed_bar_under_each_token_and_checks_completeness():
+    tokens = ["<|im_start|>", "When", " Mary", " and", " John", " to"]
+    values = np.array([0.0, 0.1, 2.0, -1.0, -0.3, 0.9])
+    fig = viz.token_attribution(tokens, values, title="integrated gradients", target_change=1.7)
+    ax = fig.axes[0]
+    assert [bar.get_height() for bar in ax.patches] == pytest.approx(values)
+    assert tick_texts(ax) == ["<|im_start|>", "When", "␣Mary", "␣and", "␣John", "␣to"]
+    colors = [to_rgba(bar.get_facecolor()) for bar in ax.patches]
+    assert colors[2][0] > colors[2][2] and colors[3][2] > colors[3][0]  # positive red, negative blue
+    assert ax.get_title() == "integrated gradients\nsum 1.700 vs f(x) − f(x′) = 1.700"
+    assert [t.get_text() for t in ax.texts] == [f"{v:.2f}" for v in values]
+    size, _ = png_bytes(fig)
+    assert size < 60_000
+    with pytest.raises(ValueError, match="one value per token"):
+        viz.token_attribution(tokens, values[:3])
+
+
 # ----------------------------------------------------------------------------------------- config
 
 

@@ -3,8 +3,8 @@
 nbval has no front end, so it cannot see inside ``Output`` widgets or read widget state; nbclient routes
 output captured by an ``Output`` widget into that widget's state and stores every model's state in the
 notebook metadata (``store_widget_state=True``). This checks what a front end would receive: the display
-bundle (live view plus PNG fallback), the status marker after clicks, a static figure and printed tokens
-inside an ``Output``, and the config table.
+bundle (live view plus PNG fallback), the status marker after slider changes, a static figure and printed
+text inside an ``Output``, and the config table.
 """
 
 from __future__ import annotations
@@ -16,20 +16,16 @@ import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
-from llama3_lab.session import Session
 from llama3_lab.widgets._base import WIDGET_VIEW_MIME
 
 TESTS = Path(__file__).parent
-PROMPT = [1, 5, 7, 9]
 
 CELLS = [
-    # The kernel starts in tests/, so conftest's tiny models import as in the unit tests.
-    "import ipywidgets\nfrom conftest import tiny_model\nfrom llama3_lab.widgets import ConfigExplorer, "
-    "GenerationStepper\nmodel = tiny_model(num_hidden_layers=2)",
-    f"stepper = GenerationStepper(model, {PROMPT}, temperature=0.0)\nstepper",
-    "stepper.step_button.click()\nstepper.step_button.click()\nprint(stepper.status.value)",
-    "out = ipywidgets.Output()\ndisplay(out)\nwith out:\n    stepper.show(static=True)\n"
-    "    print('tokens', stepper.new_tokens)",
+    "import ipywidgets\nfrom llama3_lab.widgets import ConfigExplorer, RoPEExplorer",
+    "rope = RoPEExplorer()\nrope",
+    "rope.pair.value = 3\nrope.position.value = 40\nprint(rope.status.value)",
+    "out = ipywidgets.Output()\ndisplay(out)\nwith out:\n    rope.show(static=True)\n"
+    "    print('pair', rope.pair.value)",
     "config = ConfigExplorer(model='SmolLM2-135M', seq_len=1024)\nconfig.batch.value = 2\nconfig",
 ]
 
@@ -61,23 +57,20 @@ def test_display_bundle_has_the_live_view_and_a_png(executed) -> None:
     assert _models(executed)[model_id]["model_name"] == "VBoxModel"
 
 
-def test_clicks_reach_the_status_marker(executed) -> None:
+def test_slider_changes_reach_the_status_marker(executed) -> None:
     (stream,) = executed.cells[2].outputs
-    assert stream["text"].startswith("step 2 ·") and "draw 3" in stream["text"]
+    assert stream["text"].startswith("pair 3, position 40") and "draw 3" in stream["text"]
     statuses = [m["state"]["value"] for m in _models(executed).values() if m["model_name"] == "HTMLModel"]
-    assert any(value.startswith("step 2 ·") for value in statuses), statuses
+    assert any(value.startswith("pair 3, position 40") for value in statuses), statuses
 
 
-def test_output_widget_captures_figure_and_tokens(executed) -> None:
-    from conftest import tiny_model
-
+def test_output_widget_captures_figure_and_text(executed) -> None:
     outputs = [m["state"]["outputs"] for m in _models(executed).values() if m["model_name"] == "OutputModel"]
     (cell_output,) = executed.cells[3].outputs  # only the Output widget itself: nothing leaked past it
     assert len(outputs) == 1 and WIDGET_VIEW_MIME in cell_output["data"]
     figure, printed = outputs[0]
     assert figure["output_type"] == "display_data" and figure["data"]["image/png"]
-    expected = [r.token_id for r in Session(tiny_model(num_hidden_layers=2), PROMPT, temperature=0.0).step(2)]
-    assert printed == {"output_type": "stream", "name": "stdout", "text": f"tokens {expected}\n"}
+    assert printed == {"output_type": "stream", "name": "stdout", "text": "pair 3\n"}
 
 
 def test_config_explorer_state(executed) -> None:

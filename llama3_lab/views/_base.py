@@ -165,7 +165,11 @@ class View(anywidget.AnyWidget):
         if not has_front_end(self):
             data.pop(WIDGET_VIEW_MIME, None)
         data["image/png"] = figure_png(self.figure())
+        data["text/plain"] = repr(self)  # no object address: a stored notebook stays the same run to run
         return data, metadata
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status})" if self.status else f"{type(self).__name__}()"
 
     def synced_state(self) -> dict[str, Any]:
         """Every synced trait of the view (what the script reads), without the script and style."""

@@ -14,6 +14,7 @@ from .attention import (
     head_score_heatmap,
     mask_future,
 )
+from .attribution import attribution_scatter, effect_ci_heatmap, pearson_r, token_attribution
 from .config import config_breakdown
 from .residual import logit_lens_heatmap, residual_norms
 from .rope import (
@@ -36,9 +37,11 @@ __all__ = [
     "PooledPattern",
     "attention_heads_grid",
     "attention_pattern",
+    "attribution_scatter",
     "config_breakdown",
     "display_token",
     "downsample_pattern",
+    "effect_ci_heatmap",
     "feature_contexts",
     "feature_dashboard",
     "feature_histogram",
@@ -47,6 +50,7 @@ __all__ = [
     "intervention_texts",
     "logit_lens_heatmap",
     "mask_future",
+    "pearson_r",
     "residual_norms",
     "rope_frequencies",
     "rope_rotation",
@@ -54,6 +58,7 @@ __all__ = [
     "rope_score_vs_distance",
     "rope_table",
     "set_token_ticks",
+    "token_attribution",
     "token_labels",
     "token_strip",
     "topk_bars",

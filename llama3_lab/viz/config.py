@@ -35,6 +35,7 @@ def config_breakdown(
     dtype: Any = "bf16",
     context_lengths: Sequence[int] | None = None,
     title: str | None = None,
+    batch: int = 1,
 ) -> Figure:
     """Two panels: parameters by part (embedding, attention, MLP, norms, unembedding), and memory in
     ``dtype`` against context length (weights, KV cache with GQA, KV cache if every query head had its own
@@ -81,8 +82,8 @@ def config_breakdown(
     lengths = np.asarray(context_lengths)
     no_gqa = cfg.replace(num_key_value_heads=cfg.num_attention_heads)
     weights = cfg.weights_bytes(dtype)
-    kv = np.array([cfg.kv_cache_bytes(int(t), dtype=dtype) for t in lengths])
-    kv_full = np.array([no_gqa.kv_cache_bytes(int(t), dtype=dtype) for t in lengths])
+    kv = np.array([cfg.kv_cache_bytes(int(t), batch=batch, dtype=dtype) for t in lengths])
+    kv_full = np.array([no_gqa.kv_cache_bytes(int(t), batch=batch, dtype=dtype) for t in lengths])
     memory_ax.plot(lengths, np.full(lengths.shape, weights / GIB), label=f"weights ({format_bytes(weights)})")
     memory_ax.plot(lengths, kv / GIB, label=f"KV cache, GQA ({cfg.num_key_value_heads} KV heads)")
     if cfg.num_key_value_heads != cfg.num_attention_heads:
@@ -98,9 +99,9 @@ def config_breakdown(
     memory_ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{t:,.0f}"))
     memory_ax.tick_params(axis="x", labelsize=7)
     memory_ax.set_yscale("log")
-    memory_ax.set_xlabel("context length (tokens, batch 1)")
+    memory_ax.set_xlabel(f"context length (tokens, batch {batch})")
     memory_ax.set_ylabel(f"GiB in {dtype}")
-    full_kv = format_bytes(cfg.kv_cache_bytes(max_context, dtype=dtype))
+    full_kv = format_bytes(cfg.kv_cache_bytes(max_context, batch=batch, dtype=dtype))
     memory_ax.set_title(
         f"memory; KV cache {full_kv} at {max_context} tokens",
         fontsize=9,

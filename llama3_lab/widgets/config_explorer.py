@@ -147,7 +147,11 @@ class ConfigExplorer(Explorer):
         fig = bare_figure((9.0, 3.4))
         param_ax, memory_ax = fig.subplots(1, 2, width_ratios=(1, 1.2))
         config_breakdown(
-            self.config, axes=(param_ax, memory_ax), dtype=self.dtype.value, title=self.model.value
+            self.config,
+            axes=(param_ax, memory_ax),
+            dtype=self.dtype.value,
+            title=self.model.value,
+            batch=self.batch.value,
         )
         memory_ax.axvline(self.seq_len.value, color="#c44e52", linewidth=1.2, linestyle="-.")
         memory_ax.text(

@@ -27,8 +27,8 @@ import torch
 from einops import einsum, rearrange
 
 from llama3_lab import analysis, viz
-from llama3_lab.widgets import AttentionExplorer
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
+from llama3_lab.views import AttentionView
 
 setup_notebook()
 
@@ -299,31 +299,33 @@ print("low-entropy, low-sink heads (layer, head):", specific.nonzero().tolist())
 # %% [markdown]
 # ## 8. Explore: any layer, any head, any query
 #
-# `AttentionExplorer` takes the cache we already have (or a model and a prompt). Move the layer and head
-# sliders; pick a query position to see which keys it read, as a pattern and as a strip of tokens; switch
-# to "all heads" for the layer's grid. In a static rendering (on GitHub, say) you see its current figure.
+# `AttentionView` takes the cache we already have (or a model and a prompt) and draws in the browser:
+# hover a token to see where it attends (or, in column mode, what attends to it), click a token to select
+# it as the query, and pick another head from the thumbnails of every head of the layer. Hovering needs no
+# kernel round-trip, so long prompts stay responsive. In a static rendering (on GitHub, say) you see its
+# current figure: the selected head's pattern.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-explorer = AttentionExplorer(cache, labels, layer=best_layer, head=best_head)
+explorer = AttentionView(cache, labels, layer=best_layer, head=best_head)
 explorer
 
 # %% [markdown]
-# The widget's state is plain attributes, so code can drive it (and CI checks it). The check drives a
-# second explorer, so the one shown above keeps the previous-token head the code selected:
+# The view's state is plain attributes, so code can drive it (and CI checks it). The check drives a
+# second view, so the one shown above keeps the previous-token head the code selected:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-probe = AttentionExplorer(cache, labels, layer=best_layer, head=best_head)
-probe.query.value = 9
+probe = AttentionView(cache, labels, layer=best_layer, head=best_head)
+probe.query = 9
 row = probe.query_row()
 torch.testing.assert_close(torch.from_numpy(row), cache["pattern", best_layer][0, best_head, 9, :10].float().cpu())
 strongest = int(row.argmax())
 print(f"query 9 {labels[9]!r} reads key {strongest} {labels[strongest]!r} with {row[strongest]:.2f}")
 assert strongest == 8 and row[strongest] > 0.5  # the token just before it, with most of the mass
-probe.layer.value = LAYER
+probe.layer = LAYER
 assert probe.pattern().shape == (H, P, P)
-assert (explorer.layer.value, explorer.head.value) == (best_layer, best_head)  # the one displayed is unchanged
+assert (explorer.layer, explorer.head) == (best_layer, best_head)  # the one displayed is unchanged
 
 # %% [markdown]
 # The second ` cat` (position 9) in the previous-token head reads mostly ` The`, the token before it.

@@ -31,6 +31,7 @@ from llama3_lab.config import LLAMA31_ROPE_SCALING
 from llama3_lab.model import rope_inv_freq
 from llama3_lab.viz.rope import rope_config
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
+from llama3_lab.views import TokenValuesView
 
 setup_notebook()
 
@@ -249,6 +250,35 @@ assert next_token == int(logits[0, -1].argmax())
 
 # %%
 viz.topk_bars(top.strings, top.probs, highlight=0, title=f"next token after {prompt!r}")
+
+# %% [markdown]
+# Every position predicts the token after it, so the same forward scores the prompt itself: the loss of
+# each token given the ones before, `−log p(token | prefix)`, the number training minimises. The first
+# token has no prefix, so no loss; the hand-written log-softmax is checked against `F.cross_entropy`.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+log_probs = our_logits[0].float().log_softmax(-1)  # [P, V]
+next_ids = tokens[0, 1:]
+loss = torch.full((P,), float("nan"))
+loss[1:] = -log_probs[:-1].gather(-1, next_ids[:, None])[:, 0].cpu()  # position p: the loss of token p
+torch.testing.assert_close(loss[1:], F.cross_entropy(logits[0, :-1].float(), next_ids, reduction="none").cpu(), **TOL)
+print("loss of each prompt token (nats):", fmt(loss, 2))
+
+# %% [markdown]
+# `TokenValuesView` colours the text by a per-token value in the browser (here the loss, and the probability
+# `exp(−loss)` it came from); hover a token for both.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+prompt_loss = TokenValuesView(labels, {"loss (nats)": loss, "p(token | prefix)": (-loss).exp()})
+prompt_loss
+
+# %%
+probe = TokenValuesView(labels, {"loss (nats)": loss, "p(token | prefix)": (-loss).exp()})
+probe.channel = "p(token | prefix)"  # a second view: the one shown above keeps its channel
+torch.testing.assert_close(torch.from_numpy(probe.arrays["loss (nats)"]), loss, equal_nan=True)
+assert prompt_loss.channel == "loss (nats)" and probe.status.endswith("hover a token for every channel")
 
 # %% [markdown]
 # How the residual stream grows through the layers, per position (the first position stands out; notebook

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from llama3_lab import analysis, viz
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
-from llama3_lab.widgets import LogitLensExplorer
+from llama3_lab.views import LogitLensView, TokenValuesView
 
 setup_notebook()
 
@@ -242,23 +242,68 @@ rank_figure(rank, prob)
 #
 # ## 6. Explore
 #
-# `LogitLensExplorer` shows a window of positions (for long prompts) and the top-10 bars of one layer at
-# one position. It reads the same cache.
+# `LogitLensView` draws the lens in the browser: layers × a window of positions (slide the first position
+# for long prompts), each cell coloured by the probability that layer gives to the final prediction at that
+# position (or to a token you type, e.g. ` Paris`); hover a cell for its top 5 tokens, click it to select
+# it. It reads the same cache (only `resid_post` is needed).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-explorer = LogitLensExplorer(cache, labels)
+explorer = LogitLensView(cache, labels)
 explorer
 
 # %%
-shown_layer = explorer.layer.value
-probe = LogitLensExplorer(cache, labels)  # a second explorer: the one shown above keeps its layer
-probe.layer.value = first_top1 if first_top1 is not None else L - 1
+shown_layer = explorer.layer
+probe = LogitLensView(cache, labels)  # a second view: the one shown above keeps its layer
+probe.layer = first_top1 if first_top1 is not None else L - 1
 start, _ = probe.window()
-offset = probe.position.value - start
-assert probe.top.strings[probe.layer.value][offset][0] == tok.token_strings([answer])[0]
+offset = probe.position - start
+assert probe.top.strings[probe.layer][offset][0] == tok.token_strings([answer])[0]
 torch.testing.assert_close(probe.top.probs[:, offset, 0], top_probs[:, -1])
-assert explorer.layer.value == shown_layer  # the explorer displayed above is unchanged
+assert explorer.layer == shown_layer  # the view displayed above is unchanged
+
+# %% [markdown]
+# ### Per token: the loss, and the layer where each prediction settles
+#
+# Two numbers per position, read off the same forward: the loss of the token that actually comes next
+# (`−log p`, from the output; the last position has no next token, so it has no value), and the layer from
+# which the lens keeps the output's top token on top through the last layer. `TokenValuesView` colours
+# the text by one of them and shows both on hover.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+log_probs = logits[0].float().log_softmax(-1)  # [P, V]
+next_ids = tokens[0, 1:]
+loss = torch.full((len(labels),), float("nan"))
+loss[:-1] = -log_probs[:-1].gather(-1, next_ids[:, None])[:, 0].cpu()
+torch.testing.assert_close(loss[:-1], torch.nn.functional.cross_entropy(logits[0, :-1].float(), next_ids, reduction="none").cpu())
+agrees = (lens[:, 0].argmax(-1) == logits[0].argmax(-1)).cpu()  # [L, P]: this layer's top token is the output's
+stays = agrees.flip(0).cumprod(0).flip(0)  # [L, P]: 1 where it agrees at this layer and at every later one
+settles = (L - stays.sum(0)).float()  # [P]: the first layer of that final run (the last layer always agrees)
+print("loss per token (nats):", fmt(loss, 2))
+print("layer from which the lens keeps the output's top token:", settles.int().tolist())
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+per_token = TokenValuesView(labels, {"loss (nats)": loss, "settles at layer": settles})
+per_token
+
+# %%
+check = TokenValuesView(labels, {"loss (nats)": loss, "settles at layer": settles})
+check.channel = "settles at layer"  # a second view: the one shown above keeps its channel
+torch.testing.assert_close(torch.from_numpy(check.arrays["settles at layer"]), settles)
+assert per_token.channel == "loss (nats)"
+if not nb.is_llama3:  # what the text below says about SmolLM2
+    assert settles[-1] == first_top1  # the answer's position settles where ' Paris' first tops the lens
+    assert (settles >= L - 6).all()  # every position settles in the last six layers
+    assert labels[2:4] == [" capital", " of"] and int(loss[:-1].argmin()) == 2 and loss[2] < 1
+    assert int(loss[:-1].argmax()) == 1  # ' capital' after 'The' is the least expected token
+
+# %% [markdown]
+# In SmolLM2 every position's prediction settles only in the last six layers, and the last position
+# settles exactly where ` Paris` first tops the lens (section 5). The loss is lowest for ` of` after
+# ` capital` (under one nat: the phrase almost forces it) and highest for ` capital` after `The`, which
+# nothing in the text predicts.
 
 # %% [markdown]
 # ## Exercises

@@ -13,7 +13,7 @@
 # - `Session`: one step per call, each returning a `StepRecord` (top-k, entropy, attention, residual norms);
 #   a KV-cached step equals a full recomputation; rewind and fork;
 # - to read a generation's uncertainty from the entropy of each step;
-# - the `GenerationStepper` widget.
+# - the `StepperView` in the browser: step, sample, force a token, click a token to rewind there.
 #
 # **Runs on:** the embedded SmolLM2-135M-Instruct on CPU, float32. With `LLAMA3_LAB_WEIGHTS` pointing at a
 # Llama 3 checkpoint and a CUDA GPU, the same cells run Llama 3 on CUDA in bf16 (its stop tokens
@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from llama3_lab import viz
 from llama3_lab.generation import sample_next, sampling_probs, top_k_mask, top_p_mask
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
-from llama3_lab.widgets import GenerationStepper
+from llama3_lab.views import StepperView
 
 setup_notebook()
 
@@ -239,33 +239,34 @@ assert twin.tokens[: len(first)] == first and len(twin.tokens) == len(first) + 5
 # %% [markdown]
 # ## 6. The stepper
 #
-# `GenerationStepper` wraps a session: **Step**, **Back** and **Reset** buttons, sampling sliders (from
-# the next step on), and a layer/head choice for the attention views: the text coloured by what the newest
-# token's query attended to, the top-k bars with the sampled token highlighted, and every step's attention
-# row so far.
+# `StepperView` wraps a session and draws it in the browser: **Step** (the session's sampling, greedy
+# here), **Sample** (one draw at the temperature beside it), **Force** a token you type, **Back** and
+# **Reset**, and a layer/head choice for the attention. Hover a generated token for its top-k candidates
+# and entropy, with the context coloured by what that token's query attended to; click it to rewind to
+# just before it, with its alternatives offered as buttons to force.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-stepper = GenerationStepper(model, "Once upon a time", temperature=0.0, layer=20, head=0)
+stepper = StepperView(model, "Once upon a time", temperature=0.0, layer=20, head=0)
 stepper.step(3)
 stepper
 
 # %% [markdown]
-# Its state is plain attributes, so code (and CI) can press its buttons. The check presses those of a
-# second stepper, so the one shown above keeps its three steps:
+# Its state is plain attributes and its buttons are methods, so code (and CI) can press them. The check
+# presses those of a second stepper, so the one shown above keeps its three steps:
 
 # %%
 # NBVAL_CHECK_OUTPUT
 shown = list(stepper.tokens)
-probe = GenerationStepper(model, "Once upon a time", temperature=0.0, layer=20, head=0)
+probe = StepperView(model, "Once upon a time", temperature=0.0, layer=20, head=0)
 probe.step(3)
 n = len(probe.tokens)
-probe.step_button.click()
+probe.step()
 assert len(probe.tokens) == n + 1
 assert probe.tokens[: n + 1] == session.tokens[: n + 1]  # greedy: the same text as the session above
-probe.back_button.click()
+probe.back()
 assert len(probe.tokens) == n
-probe.reset_button.click()
+probe.reset()
 assert probe.tokens == probe.session.prompt_tokens and not probe.history
 probe.step(2)
 row = probe.attention_row()

@@ -31,7 +31,7 @@ from einops import einsum, rearrange
 from llama3_lab import KVCache, LlamaConfig, viz
 from llama3_lab.model import apply_rotary
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
-from llama3_lab.widgets import GenerationStepper
+from llama3_lab.views import StepperView
 
 setup_notebook()
 
@@ -398,13 +398,14 @@ viz.topk_bars(
 # %% [markdown]
 # ## 6. Explore: generation with a growing cache
 #
-# `GenerationStepper` is a `Session` (package `generation.py`) with buttons: each **Step** is one decode
+# `StepperView` is a `Session` (package `session.py`) drawn in the browser: each **Step** is one decode
 # forward of one token against the cache; **Back** rewinds the cache by one position (`cache.truncate`),
-# which is all it takes to "undo" a token, since nothing else depends on later positions.
+# which is all it takes to "undo" a token, since nothing else depends on later positions (clicking a
+# generated token rewinds to just before it the same way).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-stepper = GenerationStepper(model, prompt, temperature=0.0, layer=LAYER)
+stepper = StepperView(model, prompt, temperature=0.0, layer=LAYER)
 stepper
 
 # %% [markdown]
@@ -413,7 +414,7 @@ stepper
 
 # %%
 # NBVAL_CHECK_OUTPUT
-probe = GenerationStepper(model, prompt, temperature=0.0, layer=LAYER)
+probe = StepperView(model, prompt, temperature=0.0, layer=LAYER)
 probe.step(4)
 print("text:", repr(probe.text), " tokens:", len(probe.tokens), " cache length:", probe.session.cache.length)
 assert probe.session.cache.length == len(probe.tokens) - 1

@@ -38,7 +38,7 @@ from llama3_lab.notebook import (
     show_shapes,
 )
 from llama3_lab.tokenizer import LLAMA3_PATTERN, read_tiktoken_ranks
-from llama3_lab.widgets import GenerationStepper
+from llama3_lab.views import StepperView
 
 setup_notebook()
 
@@ -308,12 +308,12 @@ print(repr(as_ids), as_ids.stop_reason)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-stepper = GenerationStepper(model, ask, temperature=0.0)
+stepper = StepperView(model, ask, temperature=0.0)
 stepper
 
 # %%
 # NBVAL_CHECK_OUTPUT
-probe = GenerationStepper(model, ask, temperature=0.0)  # a second stepper: the one shown above stays at the prompt
+probe = StepperView(model, ask, temperature=0.0)  # a second stepper: the one shown above stays at the prompt
 probe.step(len(history))
 print("same answer as the session:", probe.tokens == session.tokens, "; ended:", probe.session.done)
 assert probe.tokens == session.tokens

@@ -27,7 +27,7 @@ from einops import einsum
 
 from llama3_lab import analysis, viz
 from llama3_lab.notebook import check_exercise, fmt, load_notebook_model, setup_notebook, show_shapes
-from llama3_lab.widgets import AttentionExplorer
+from llama3_lab.views import AttentionView
 
 setup_notebook()
 
@@ -367,26 +367,26 @@ viz.topk_bars(tok.token_strings(promoted.tolist()), shift[promoted], xlabel="Δ 
 #
 # ## 6. Explore the induction heads
 #
-# `AttentionExplorer` on the repeated-token cache: pick layer 18, head 6 and move the query through the
+# `AttentionView` on the repeated-token cache, opened on the top induction head: hover the tokens of the
 # second half to watch each query read the token after its earlier copy; compare with the previous-token
 # heads (layer 16 head 0, layer 2 head 1).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-explorer = AttentionExplorer(repeated_cache, repeated_labels, layer=best[0], head=best[1])
+explorer = AttentionView(repeated_cache, repeated_labels, layer=best[0], head=best[1])
 explorer
 
 # %%
 # NBVAL_CHECK_OUTPUT
-shown_query = explorer.query.value
-probe = AttentionExplorer(repeated_cache, repeated_labels, layer=best[0], head=best[1])  # the shown one stays put
-probe.query.value = T + 5  # the second copy of r_5
+shown_query = explorer.query
+probe = AttentionView(repeated_cache, repeated_labels, layer=best[0], head=best[1])  # the shown one stays put
+probe.query = T + 5  # the second copy of r_5
 row = probe.query_row()
 strongest = int(row[1:].argmax()) + 1  # the BOS sink aside
 print(f"query {T + 5}: most attention (BOS aside) on key {strongest}, the token after r_5's first copy: {strongest == 6}")
 print(f"attention on key 6: {row[6]:.2f}, on BOS: {row[0]:.2f}")
 assert strongest == 6
-assert explorer.query.value == shown_query  # the explorer displayed above is unchanged
+assert explorer.query == shown_query  # the view displayed above is unchanged
 
 # %% [markdown]
 # ## Exercises
