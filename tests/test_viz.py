@@ -551,7 +551,7 @@ def sae_dashboard(interventions: dict[str, str] | None = None):
         FeatureContext(tokens, [0.0, 0.0, 0.2, 0.6 * peak, peak, 0.0, 0.0, 0.0], 4, peak)
         for peak in (5.0, 3.0, 1.0)
     ]
-    histogram = Histogram([40, 12, 0, 3], [0.0, 1.5, 3.0, 4.5, 6.0], 0.0123, 4064)
+    histogram = Histogram([400, 12, 0, 3], [0.0, 1.5, 3.0, 4.5, 6.0], 0.0123, 4064)
     promoted = [TokenEffect(f" p{i}", i, 1.0 - 0.2 * i) for i in range(4)]
     suppressed = [TokenEffect(f" s{i}", 10 + i, -0.5 - 0.2 * i) for i in range(4)]
     return FeatureDashboard(7, contexts, histogram, promoted, suppressed, interventions or {})
@@ -592,13 +592,20 @@ def test_feature_contexts_cut_long_rows_around_the_peak_and_refuse_bad_input():
 
 
 def test_feature_histogram_draws_the_counts_and_states_the_firing_rate():
+    from llama3_lab.sae.dashboard import Histogram
+
     histogram = sae_dashboard().histogram
     ax = viz.feature_histogram(histogram).axes[0]
-    assert [bar.get_height() for bar in ax.patches] == [40, 12, 0, 3]
+    assert [bar.get_height() for bar in ax.patches] == [400, 12, 0, 3]
     assert [bar.get_x() for bar in ax.patches] == pytest.approx([0.0, 1.5, 3.0, 4.5])
-    assert ax.get_yscale() == "log"
+    assert ax.get_yscale() == "log"  # counts 3..400 span more than LOG_COUNTS_FROM
     assert "fires on 1.23% of 4,064 tokens" in ax.get_title()
-    from llama3_lab.sae.dashboard import Histogram
+    assert "10" in tick_texts(ax, "y")  # plain numbers, not 10^1
+    few = viz.feature_histogram(Histogram([4, 2, 1], [0.0, 1.0, 2.0, 3.0], 0.01, 700)).axes[0]
+    assert (
+        few.get_yscale() == "linear"
+        and viz.feature_histogram(histogram, log=False).axes[0].get_yscale() == "linear"
+    )
 
     silent = viz.feature_histogram(Histogram([0, 0], [0.0, 0.5, 1.0], 0.0, 100)).axes[0]
     assert silent.get_yscale() == "linear" and "never fired" in silent.texts[0].get_text()

@@ -27,6 +27,7 @@ from matplotlib.collections import PatchCollection
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from ._common import (
     DIVERGING_CMAP,
@@ -48,6 +49,8 @@ CONTEXT_CMAP = "magma_r"
 (strong) keeps weak activations quiet and the peak the darkest cell; magma reversed is still perceptually
 uniform."""
 _BAR_COLOR = "#4c72b0"
+LOG_COUNTS_FROM = 20
+"""A histogram whose non-zero counts span this factor or more is drawn on a log count axis."""
 _CHANGED_BACKGROUND = "#fde0c5"
 """Light orange behind the part of a continuation that differs from the clean one."""
 _CHAR_WIDTH = 0.62
@@ -159,13 +162,16 @@ def feature_histogram(
     histogram: Histogram,
     ax: Axes | None = None,
     *,
-    log: bool = True,
+    log: bool | None = None,
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
 ) -> Figure:
-    """Counts of a feature's non-zero activations (``Histogram`` from ``sae.dashboard``), on a log count
-    axis by default (a few strong activations hide under many weak ones on a linear one), titled with its
-    firing rate: the fraction of the tokens scanned where it is non-zero."""
+    """Counts of a feature's non-zero activations (``Histogram`` from ``sae.dashboard``), titled with its
+    firing rate: the fraction of the tokens scanned where it is non-zero.
+
+    ``log=None`` puts the counts on a log axis when they span a factor of ``LOG_COUNTS_FROM`` or more
+    (a few strong activations hide under many weak ones on a linear axis), else on a linear one; ticks are
+    plain numbers either way."""
     counts = np.asarray(histogram.counts, dtype=float)
     edges = np.asarray(histogram.edges, dtype=float)
     if edges.size != counts.size + 1:
@@ -183,8 +189,15 @@ def feature_histogram(
         linewidth=0.4,
     )
     fired = counts.sum() > 0
+    if log is None:
+        nonzero = counts[counts > 0]
+        log = bool(nonzero.size) and nonzero.max() >= LOG_COUNTS_FROM * nonzero.min()
     if log and fired:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if not fired:
         ax.text(
             0.5,
