@@ -132,8 +132,8 @@ by_hand = sae.b_dec + (features[0, position, active, None] * sae.W_dec[active]).
 torch.testing.assert_close(by_hand, recons[0, position])
 strongest = features[0, position].topk(8)
 print(f"token {prompt_tokens[position]!r} at position {position}: {len(active)} active features")
-viz.topk_bars([f"feature {i}" for i in strongest.indices.tolist()], strongest.values, xlabel="activation",
-              title=f"the 8 strongest features of {prompt_tokens[position]!r}")
+viz.topk_bars([f"#{i}" for i in strongest.indices.tolist()], strongest.values, xlabel="activation",
+              title=f"the 8 strongest features (by index) of {prompt_tokens[position]!r}")
 
 # %% [markdown]
 # ## 3. How good is it?
