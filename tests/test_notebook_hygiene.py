@@ -30,8 +30,9 @@ CURRICULUM = [
     "11_weights_verification.ipynb",
     "12_interpretability_lab.ipynb",
     "13_circuits_at_scale.ipynb",
+    "14_sparse_autoencoders.ipynb",
 ]
-"""The fourteen notebooks of the curriculum, in order."""
+"""The fifteen notebooks of the curriculum, in order."""
 
 
 MAX_BYTES = 1_500_000

@@ -537,3 +537,123 @@ def test_figures_render_themselves_in_notebooks_without_pyplot():
     fig = viz.topk_bars([" a", " b"], [0.7, 0.3])
     png = fig._repr_png_()  # what IPython shows when the inline backend has not registered Figure yet
     assert png.startswith(b"\x89PNG") and 2_000 < len(png) < 60_000
+
+
+# ----------------------------------------------------------------------------------------- SAE features
+
+
+def sae_dashboard(interventions: dict[str, str] | None = None):
+    """Data shaped as ``llama3_lab.sae.dashboard`` returns it: 3 contexts, a histogram, 4 + 4 tokens."""
+    from llama3_lab.sae.dashboard import FeatureContext, FeatureDashboard, Histogram, TokenEffect
+
+    tokens = [" the", " value", " is", " 4", "2", ".", "\n", "def"]
+    contexts = [
+        FeatureContext(tokens, [0.0, 0.0, 0.2, 0.6 * peak, peak, 0.0, 0.0, 0.0], 4, peak)
+        for peak in (5.0, 3.0, 1.0)
+    ]
+    histogram = Histogram([400, 12, 0, 3], [0.0, 1.5, 3.0, 4.5, 6.0], 0.0123, 4064)
+    promoted = [TokenEffect(f" p{i}", i, 1.0 - 0.2 * i) for i in range(4)]
+    suppressed = [TokenEffect(f" s{i}", 10 + i, -0.5 - 0.2 * i) for i in range(4)]
+    return FeatureDashboard(7, contexts, histogram, promoted, suppressed, interventions or {})
+
+
+def test_feature_contexts_share_one_scale_leave_zeros_white_and_outline_the_peak():
+    contexts = sae_dashboard().contexts
+    fig = viz.feature_contexts(contexts)
+    ax = fig.axes[0]
+    boxes, peaks = ax.collections[:2]
+    assert len(boxes.get_paths()) == 3 * 8  # every token of every context
+    values = boxes.get_array()
+    assert np.ma.getmaskarray(values).reshape(3, 8)[:, [0, 1, 5, 6, 7]].all()  # 0: not coloured
+    assert boxes.norm.vmin == 0 and boxes.norm.vmax == pytest.approx(5.0)  # one scale for all rows
+    assert len(peaks.get_paths()) == 3  # one outlined peak per row
+    peak_x = [(path.get_extents().x0 + path.get_extents().x1) / 2 for path in peaks.get_paths()]
+    token_x = {t.get_text(): t.get_position()[0] for t in ax.texts if t.get_text() == "2"}
+    assert peak_x[0] == pytest.approx(token_x["2"])  # the outline sits on the peak token
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[:3] == ["5.00", "3.00", "1.00"]  # peak values, largest first
+    assert "␣value" in texts and "⏎" in texts  # token-labelled, whitespace visible
+    assert fig.axes[1].get_ylabel() == "activation"
+
+
+def test_feature_contexts_cut_long_rows_around_the_peak_and_refuse_bad_input():
+    from llama3_lab.sae.dashboard import FeatureContext
+
+    tokens = [f" w{i:02d}" for i in range(60)]
+    long = FeatureContext(tokens, [0.0] * 30 + [2.0] + [0.0] * 29, 30, 2.0)
+    ax = viz.feature_contexts([long], max_chars=40).axes[0]
+    shown = [t.get_text() for t in ax.texts[1:]]
+    assert "␣w30" in shown and len(shown) < 60
+    assert abs(shown.index("␣w30") - len(shown) // 2) <= 1  # the window is centred on the peak
+    with pytest.raises(ValueError, match="never fired"):
+        viz.feature_contexts([])
+    with pytest.raises(ValueError, match="one activation per token"):
+        viz.feature_contexts([FeatureContext(["a", "b"], [1.0], 0, 1.0)])
+
+
+def test_feature_histogram_draws_the_counts_and_states_the_firing_rate():
+    from llama3_lab.sae.dashboard import Histogram
+
+    histogram = sae_dashboard().histogram
+    ax = viz.feature_histogram(histogram).axes[0]
+    assert [bar.get_height() for bar in ax.patches] == [400, 12, 0, 3]
+    assert [bar.get_x() for bar in ax.patches] == pytest.approx([0.0, 1.5, 3.0, 4.5])
+    assert ax.get_yscale() == "log"  # counts 3..400 span more than LOG_COUNTS_FROM
+    assert "fires on 1.23% of 4,064 tokens" in ax.get_title()
+    assert "10" in tick_texts(ax, "y")  # plain numbers, not 10^1
+    few = viz.feature_histogram(Histogram([4, 2, 1], [0.0, 1.0, 2.0, 3.0], 0.01, 700)).axes[0]
+    assert (
+        few.get_yscale() == "linear"
+        and viz.feature_histogram(histogram, log=False).axes[0].get_yscale() == "linear"
+    )
+
+    silent = viz.feature_histogram(Histogram([0, 0], [0.0, 0.5, 1.0], 0.0, 100)).axes[0]
+    assert silent.get_yscale() == "linear" and "never fired" in silent.texts[0].get_text()
+    with pytest.raises(ValueError, match="needs 3 edges"):
+        viz.feature_histogram(Histogram([1, 2], [0.0, 1.0], 0.1, 10))
+
+
+def test_feature_logit_effect_puts_promoted_above_suppressed_on_a_diverging_map():
+    dashboard = sae_dashboard()
+    ax = viz.feature_logit_effect(dashboard.promoted, dashboard.suppressed).axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == pytest.approx([1.0, 0.8, 0.6, 0.4, -0.5, -0.7, -0.9, -1.1])
+    assert tick_texts(ax, "y")[:2] == ["␣p0", "␣p1"] and tick_texts(ax, "y")[-1] == "␣s3"
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # the strongest promoted token on top
+    red, blue = to_rgba(ax.patches[0].get_facecolor()), to_rgba(ax.patches[-1].get_facecolor())
+    assert red[0] > red[2] and blue[2] > blue[0]  # positive red, negative blue (RdBu_r)
+    assert [t.get_text() for t in ax.texts][:2] == ["+1.00", "+0.80"]
+    with pytest.raises(ValueError, match="no tokens"):
+        viz.feature_logit_effect([], [])
+
+
+def test_intervention_texts_highlight_where_each_continuation_leaves_the_clean_one():
+    runs = {"clean": " 1000 elements.\n\nThe list", "ablated": " 1000 items.", "steered": "2222"}
+    ax = viz.intervention_texts(runs, prompt="The list has").axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[:2] == ["prompt", "The list has"]
+    assert "␣" not in "".join(texts) and " 1000 elements.⏎⏎The list" in texts  # newlines made visible
+    changed = [t.get_text() for t in ax.texts if t.get_gid() == "changed"]
+    assert changed == ["items.", "2222"]  # the clean run is the reference: nothing of it is highlighted
+    assert " 1000 " in texts  # the unchanged prefix of the ablated run, drawn plain
+    assert len(ax.patches) == 2  # one highlight behind each changed part
+    assert viz.sae.divergence("abcd", "abxd") == 2 and viz.sae.divergence("ab", "abc") == 2
+    wrapped = viz.intervention_texts({"clean": "x" * 50}, chars_per_row=20).axes[0]
+    assert [len(t.get_text()) for t in wrapped.texts[1:]] == [20, 20, 10]
+    with pytest.raises(ValueError, match="reference 'clean'"):
+        viz.intervention_texts({"before": "a", "after": "b"})
+
+
+def test_feature_dashboard_puts_every_panel_in_one_small_figure():
+    runs = {"clean": " 42.", "ablated": " 42.", "steered": " 4444"}
+    fig = viz.feature_dashboard(sae_dashboard(runs), prompt="x =")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("activating contexts" in t for t in titles)
+    assert any("fires on 1.23%" in t for t in titles)
+    assert any("logit effect" in t for t in titles)
+    assert fig.get_suptitle() == "feature 7"
+    assert any(t.get_gid() == "changed" and t.get_text() == "444" for ax in fig.axes for t in ax.texts)
+    size, _ = png_bytes(fig)
+    assert size < 150_000
+    without = viz.feature_dashboard(sae_dashboard())
+    assert len(without.axes) == len(fig.axes) - 1  # no interventions panel when there are none

@@ -24,6 +24,13 @@ from .rope import (
     rope_score_vs_distance,
     rope_table,
 )
+from .sae import (
+    feature_contexts,
+    feature_dashboard,
+    feature_histogram,
+    feature_logit_effect,
+    intervention_texts,
+)
 from .tokens import token_strip, topk_bars
 
 __all__ = [
@@ -35,7 +42,12 @@ __all__ = [
     "display_token",
     "downsample_pattern",
     "effect_ci_heatmap",
+    "feature_contexts",
+    "feature_dashboard",
+    "feature_histogram",
+    "feature_logit_effect",
     "head_score_heatmap",
+    "intervention_texts",
     "logit_lens_heatmap",
     "mask_future",
     "pearson_r",
