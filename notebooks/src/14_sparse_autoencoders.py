@@ -19,9 +19,9 @@
 #
 # **Runs on:** the embedded SmolLM2-135M-Instruct on CPU, float32, always (`LLAMA3_LAB_WEIGHTS` is not
 # used here: `llama3_lab.sae.train_sae` trains on the CPU). The SAE reads `blocks.15.hook_resid_post`, the
-# residual stream after block 15 of 30. It is the one from `llama3-lab sae train` (a 10-minute run) when
-# that is in the cache, else one trained in this notebook; set `LLAMA3_LAB_TRAIN_SAE=1` to train here
-# anyway. The stored outputs, and CI, use the one trained here.
+# residual stream after block 15 of 30. It is trained in this notebook (about a minute); set
+# `LLAMA3_LAB_USE_CACHED_SAE=1` to load the one `llama3-lab sae train` (a 10-minute run) writes to the cache
+# instead. The stored outputs, and CI, use the one trained here.
 
 # %%
 import os
@@ -83,7 +83,7 @@ show_shapes(prompt_ids=prompt_ids, x=x)
 
 # %%
 CACHED = default_output(DEFAULT_MODEL, HOOK, 48, 4 * D)  # where `llama3-lab sae train` writes its SAE
-use_cached = (CACHED / "sae_weights.safetensors").is_file() and os.environ.get("LLAMA3_LAB_TRAIN_SAE") != "1"
+use_cached = os.environ.get("LLAMA3_LAB_USE_CACHED_SAE") == "1" and (CACHED / "sae_weights.safetensors").is_file()
 texts, held_out = split_texts(python_reference_texts())
 print("corpus:", CORPUS_SOURCE)
 print(f"{len(texts)} training texts, {len(held_out)} held out for the metrics")
