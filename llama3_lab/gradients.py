@@ -95,6 +95,7 @@ def run_with_cache_and_grads(
     pos_slice: PosSlice = None,
     budget_bytes: int | None = None,
     return_logits: bool = False,
+    padding_side: str = "right",
 ) -> tuple[torch.Tensor, ActivationCache, ActivationCache] | tuple[Any, ...]:
     """``(metric(logits), activations, gradients of the metric)`` at the selected hook points (and the
     logits last, with ``return_logits=True``).
@@ -103,7 +104,7 @@ def run_with_cache_and_grads(
     d metric / d activation for every name the filter selects (``names_filter`` etc. as in
     ``run_with_cache``). Both caches count against one memory budget.
     """
-    inputs = model_input(model, tokens)  # prompts of different lengths: padded and masked
+    inputs = model_input(model, tokens, padding_side=padding_side)  # different lengths: padded, masked
     ids = inputs.ids if isinstance(inputs, TokenBatch) else inputs
     mask = inputs.mask if isinstance(inputs, TokenBatch) else None
     positions = inputs.positions if isinstance(inputs, TokenBatch) else None

@@ -240,9 +240,15 @@ class HookedRootModule(nn.Module):
         tokens without index arithmetic.
         """
         if incl_bwd:
+            if forward_kwargs:
+                raise ValueError(
+                    f"incl_bwd=True runs one plain forward and backward; {sorted(forward_kwargs)} cannot be "
+                    "passed with it (run the gradient cache without a KV cache or start position)."
+                )
             return self._run_with_cache_and_grads(
-                tokens, metric, names_filter, device, dtype, pos_slice, budget_bytes
-            )
+                tokens, metric, names_filter, device=device, dtype=dtype, pos_slice=pos_slice,
+                budget_bytes=budget_bytes, padding_side=padding_side,
+            )  # fmt: skip
         inputs = model_input(self, tokens, padding_side=padding_side)
         ids = inputs.ids if isinstance(inputs, TokenBatch) else inputs
         mask = inputs.mask if isinstance(inputs, TokenBatch) else forward_kwargs.get("attention_mask")
@@ -277,7 +283,7 @@ class HookedRootModule(nn.Module):
         return logits, cache
 
     def _run_with_cache_and_grads(
-        self, tokens: TokensLike, metric: Any, names_filter: NamesFilter, *args: Any
+        self, tokens: TokensLike, metric: Any, names_filter: NamesFilter, **options: Any
     ) -> tuple[torch.Tensor, ActivationCache]:
         from .gradients import run_with_cache_and_grads
 
@@ -286,7 +292,7 @@ class HookedRootModule(nn.Module):
                 "incl_bwd=True caches gradients of a metric: pass metric=lambda logits: ... (one number)."
             )
         _, acts, grads, logits = run_with_cache_and_grads(
-            self, tokens, metric, names_filter, *args, return_logits=True
+            self, tokens, metric, names_filter, **options, return_logits=True
         )
         store = {**dict(acts.items()), **{f"{name}_grad": grad for name, grad in grads.items()}}
         shapes = {**acts.shapes, **{f"{name}_grad": shape for name, shape in grads.shapes.items()}}

@@ -183,3 +183,22 @@ def test_transformerlens_spellings_bwd_hooks_and_incl_bwd() -> None:
     with pytest.raises(ValueError, match="pass metric="):
         model.run_with_hooks(TOKENS, bwd_hooks=[("hook_embed", lambda g, h: None)])
     assert registered_hooks(model) == 0 and not model.hooked_names()
+
+
+def test_incl_bwd_refuses_forward_options_it_would_ignore_and_takes_ragged_prompts() -> None:
+    from llama3_lab.kv_cache import KVCache
+
+    model = tiny_model(seed=17)
+    cache = KVCache.allocate(model, max_length=16)
+    with pytest.raises(ValueError, match=r"\['cache'\] cannot be passed"):
+        model.run_with_cache(TOKENS, incl_bwd=True, metric=last_logit(), cache=cache)
+    ragged = [[3, 17, 42], [8, 91, 5, 23, 60]]
+    _, cache = model.run_with_cache(
+        ragged,
+        names_filter="blocks.0.hook_resid_post",
+        incl_bwd=True,
+        metric=last_logit(),
+        padding_side="left",
+    )
+    assert cache["blocks.0.hook_resid_post_grad"].shape == (2, 5, model.cfg.hidden_size)
+    assert cache.mask.tolist()[0] == [False, False, True, True, True]
