@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import LlamaConfig
 from .hook_points import HookPoint, _hook, is_hooked
+from .linear import Linear
 from .rope import rope_inv_freq
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,10 +145,10 @@ class Attention(nn.Module):
         self.group = self.n_heads // self.n_kv_heads
         self.scale = self.head_dim**-0.5
         D, H, K, d = cfg.hidden_size, self.n_heads, self.n_kv_heads, self.head_dim
-        self.q_proj = nn.Linear(D, H * d, bias=cfg.attention_bias, device=device)
-        self.k_proj = nn.Linear(D, K * d, bias=cfg.attention_bias, device=device)
-        self.v_proj = nn.Linear(D, K * d, bias=cfg.attention_bias, device=device)
-        self.o_proj = nn.Linear(H * d, D, bias=cfg.attention_bias, device=device)
+        self.q_proj = Linear(D, H * d, bias=cfg.attention_bias, device=device)
+        self.k_proj = Linear(D, K * d, bias=cfg.attention_bias, device=device)
+        self.v_proj = Linear(D, K * d, bias=cfg.attention_bias, device=device)
+        self.o_proj = Linear(H * d, D, bias=cfg.attention_bias, device=device)
         self.impl = "sdpa"  # set for the whole model by LlamaModel.attn_impl
         self.hook_q = HookPoint("B P H d", "queries, before RoPE")
         self.hook_k = HookPoint("B P K d", "keys, before RoPE (K/V heads not repeated)")

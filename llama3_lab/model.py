@@ -39,6 +39,7 @@ from .config import LlamaConfig
 from .hook_points import HookCatalogue, HookPoint, HookRow, _hook, is_hooked  # noqa: F401
 from .hooks import HookedRootModule
 from .kv_cache import KVCache
+from .linear import Linear, linear
 from .rope import rope_inv_freq  # noqa: F401  (also importable from here)
 from .tokens import TokenBatch, check_attention_mask, check_token_ids, default_positions, padding_mask
 
@@ -126,9 +127,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig, device: Device = None) -> None:
         super().__init__()
         D, M = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = nn.Linear(D, M, bias=cfg.mlp_bias, device=device)
-        self.up_proj = nn.Linear(D, M, bias=cfg.mlp_bias, device=device)
-        self.down_proj = nn.Linear(M, D, bias=cfg.mlp_bias, device=device)
+        self.gate_proj = Linear(D, M, bias=cfg.mlp_bias, device=device)
+        self.up_proj = Linear(D, M, bias=cfg.mlp_bias, device=device)
+        self.down_proj = Linear(M, D, bias=cfg.mlp_bias, device=device)
         self.hook_pre = HookPoint("B P M", "gate projection, before SiLU")
         self.hook_pre_linear = HookPoint("B P M", "up projection")
         self.hook_post = HookPoint("B P M", "silu(gate) · up, the input of down_proj")
@@ -182,7 +183,7 @@ class Unembed(nn.Module):
         self.hook_out = HookPoint("B P V", "logits")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _hook(self.hook_out, F.linear(x, self.weight))
+        return _hook(self.hook_out, linear(x, self.weight))
 
 
 # ------------------------------------------------------------------------------------------ LlamaModel

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("config", ["config", "rope", "gguf_metadata", "known_configs", "config_explain"]),
     ("files", ["assets", "tokenizer", "tokenizer_llama3", "tokenizer_gguf"]),
     ("hooks and cache", ["hook_points", "tokens", "memory", "activation_cache", "hooks", "gradients"]),
-    ("model", ["kv_cache", "attention", "model"]),
+    ("model", ["kv_cache", "linear", "attention", "model"]),
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),
     ("sae", ["sae"]),
