@@ -14,7 +14,9 @@ computes it with the same kernel either way, so the result is **bit-identical** 
 (measured for the model's shapes; with 5-7 and 9-11 rows it is not, MKL then picks other kernels).
 Because that is a property of the BLAS build and the CPU, not a promise, the first product of each
 shape on a machine is computed both ways and compared; a shape whose bits differ stays on
-``F.linear``. So hooks see exactly what they saw before, and the model stays equal to transformers. Used for float32 on the CPU with at most ``MAX_ROWS`` rows, no bias and no gradient to record;
+``F.linear``. So hooks see exactly what they saw before, and the model stays equal to transformers.
+
+Used for float32 on the CPU with at most ``MAX_ROWS`` rows, no bias and no gradient to record;
 everything else (prefill, bfloat16, where bmm gains nothing, CUDA, backward) is ``F.linear``.
 """
 
