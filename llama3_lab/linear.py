@@ -33,8 +33,9 @@ BLOCKS_PER_THREAD = 4
 """Row blocks per torch thread: more blocks than threads balance the load (4 measured best of 1, 2, 4)."""
 
 
-_VERIFIED: dict[tuple[int, int, int, int], bool] = {}
-"""(out features, in features, rows, blocks) → whether the blocked product equalled F.linear here."""
+_VERIFIED: dict[tuple[int, int, int, int, bool], bool] = {}
+"""(out features, in features, rows, blocks, column-major) → whether the blocked product equalled
+F.linear on this machine."""
 
 
 def row_blocks(out_features: int, threads: int | None = None) -> int:
@@ -53,6 +54,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     A product of at most ``MAX_ROWS`` rows in float32 on the CPU, with no gradient to record, runs as
     one ``torch.bmm`` over row blocks of ``weight`` (all threads) instead of one single-threaded call.
+    ``weight`` may be row-major or column-major (the loaders' ``matvec_layout``): either way the
+    blocks are views, nothing is copied.
     """
     n, k = weight.shape
     rows = x.numel() // k if k else 0
@@ -63,14 +66,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.device.type == "cpu"
         and weight.device.type == "cpu"
         and bias is None  # addmm adds a bias inside the BLAS call: no bit-identical split of that
-        and weight.is_contiguous()
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     ):
         blocks = row_blocks(n)
-        key = (n, k, rows, blocks)
-        if blocks and _VERIFIED.get(key, True):
-            x2 = x.reshape(rows, k)
-            y = torch.bmm(x2.expand(blocks, rows, k), weight.view(blocks, n // blocks, k).transpose(1, 2))
+        blocked = _row_blocks_view(weight, blocks) if blocks else None  # [c k n/c]
+        key = (n, k, rows, blocks, weight.stride(0) == 1)
+        if blocked is not None and _VERIFIED.get(key, True):
+            y = torch.bmm(x.reshape(rows, k).expand(blocks, rows, k), blocked)  # [c r n/c]
             y = y.transpose(0, 1).reshape(*x.shape[:-1], n)  # c r (n/c) -> r (c n/c)
             if key in _VERIFIED:
                 return y
@@ -78,6 +80,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             _VERIFIED[key] = torch.equal(y, expected)  # once per shape: same bits, or F.linear from now on
             return expected
     return F.linear(x, weight, bias)
+
+
+def _row_blocks_view(weight: torch.Tensor, blocks: int) -> torch.Tensor | None:
+    """Wᵀ cut into ``blocks`` column blocks, ``[c, k, n/c]``, as a view; None for other layouts."""
+    n, k = weight.shape
+    if weight.is_contiguous():  # row-major: (c n) k -> c n k, then each block transposed
+        return weight.view(blocks, n // blocks, k).transpose(1, 2)
+    if weight.T.is_contiguous():  # column-major (matvec_layout): Wᵀ [k n] is contiguous
+        return weight.T.view(k, blocks, n // blocks).transpose(0, 1)  # k (c n) -> c k n
+    return None
 
 
 class Linear(nn.Linear):

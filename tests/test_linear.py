@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from llama3_lab import linear as linear_module
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.linear import Linear, linear, row_blocks
+from llama3_lab.model import matvec_layout
 
 
 @pytest.fixture
@@ -26,18 +27,20 @@ SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (1024,
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("rows", [1, 2, 3, 4])
-def test_blocked_product_is_bit_identical(two_threads, monkeypatch, shape, rows):
+@pytest.mark.parametrize("column_major", [False, True])
+def test_blocked_product_is_bit_identical(two_threads, monkeypatch, shape, rows, column_major):
     """On this machine the blocked product of every model shape verifies, and then stays identical."""
     monkeypatch.setattr(linear_module, "_VERIFIED", {})
     torch.manual_seed(rows)
     weight = torch.randn(shape)
+    weight = matvec_layout(weight) if column_major else weight
     assert row_blocks(shape[0]) > 0  # the blocked path is the one under test
     for _ in range(2):  # the first call verifies the shape; the second returns the bmm's own result
         x = torch.randn(rows, 1, shape[1])  # [B P k]: a decode step of a batch
         got, expected = linear(x, weight), F.linear(x, weight)
         assert got.shape == expected.shape
         assert torch.equal(got, expected)
-    assert linear_module._VERIFIED == {(shape[0], shape[1], rows, row_blocks(shape[0])): True}
+    assert linear_module._VERIFIED == {(shape[0], shape[1], rows, row_blocks(shape[0]), column_major): True}
 
 
 def test_a_shape_whose_bits_differ_stays_on_f_linear(two_threads, monkeypatch):
@@ -48,7 +51,7 @@ def test_a_shape_whose_bits_differ_stays_on_f_linear(two_threads, monkeypatch):
     weight, x = torch.randn(64, 32), torch.randn(1, 32)
     for _ in range(2):
         assert torch.equal(linear(x, weight), F.linear(x, weight))
-    assert linear_module._VERIFIED == {(64, 32, 1, 8): False}
+    assert linear_module._VERIFIED == {(64, 32, 1, 8, False): False}
 
 
 def test_blocks_divide_the_rows():
@@ -66,14 +69,14 @@ def test_other_products_are_f_linear(two_threads, monkeypatch):
     monkeypatch.setattr(torch, "bmm", lambda *a, **k: calls.append(1) or real_bmm(*a, **k))
     weight = torch.randn(1536, 576)
     linear(torch.randn(1, 576), weight)
-    assert linear_module._VERIFIED == {(1536, 576, 1, 8): True}
+    assert linear_module._VERIFIED == {(1536, 576, 1, 8, False): True}
     assert calls == [1]  # the blocked path calls bmm
     calls.clear()
     linear(torch.randn(5, 576), weight)  # more rows than MAX_ROWS
     linear(torch.randn(1, 576), weight, torch.randn(1536))  # bias
     linear(torch.randn(1, 576, requires_grad=True), weight)  # a gradient to record
     linear(torch.randn(1, 576).bfloat16(), weight.bfloat16())
-    linear(torch.randn(1, 1536), weight.T)  # a transposed (non-contiguous) weight
+    linear(torch.randn(1, 288), weight[:, ::2])  # a strided weight: neither row- nor column-major
     assert calls == []
     x = torch.randn(1, 576, requires_grad=True)
     with torch.no_grad():
@@ -103,7 +106,11 @@ def test_decode_steps_are_bit_identical_to_plain_f_linear(smollm2, two_threads, 
                 steps.append(logits)
         return steps
 
+    monkeypatch.setattr(linear_module, "_VERIFIED", {})
     blocked = decode_logits()
+    # the model's (column-major) weights took the blocked path, every shape verified on this machine
+    assert linear_module._VERIFIED and all(linear_module._VERIFIED.values())
+    assert all(column_major for *_, column_major in linear_module._VERIFIED)
     monkeypatch.setattr(linear_module, "MAX_ROWS", 0)  # every product through F.linear
     plain = decode_logits()
     for a, b in zip(blocked, plain):
