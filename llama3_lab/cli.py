@@ -1,4 +1,4 @@
-"""The ``llama3-lab`` command: fetch | explain | plan | generate | chat | lab.
+"""The ``llama3-lab`` command: fetch | explain | plan | generate | chat | compile | sae | lab.
 
 An error is one or two lines on stderr, ``error: <what is wrong and what to do>``, and exit status 2
 (1 for an exception nobody foresaw, which also names its type); ``llama3-lab --debug ...`` shows the
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed on to jupyter lab")
     p.set_defaults(func=_cmd_lab)
 
-    add_cli_commands(sub)  # generate, chat: cli_generate.py (torch is imported only when they run)
+    add_cli_commands(sub)  # generate, chat, compile: cli_generate.py (torch is imported only when they run)
     return parser
 
 

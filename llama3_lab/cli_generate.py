@@ -76,7 +76,9 @@ def _add_model_and_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fast",
         action="store_true",
-        help="compiled decoding (CUDA graph on a GPU; on CPU the first call compiles for a minute or more)",
+        help="compiled decoding even without a package from `llama3-lab compile` (CUDA graph on a GPU; on "
+        "CPU the first call then compiles for a minute or more). By default a compiled package is used "
+        "when one was built for the model",
     )
 
 
@@ -98,6 +100,42 @@ def add_cli_commands(subparsers: Any) -> None:
     _add_model_and_sampling(p)
     p.set_defaults(func=cmd_chat)
 
+    p = subparsers.add_parser(
+        "compile",
+        help="compile a model's decode step once (minutes) into the cache; generate then uses it by default",
+        description="Build the ahead-of-time compiled decode step (AOTInductor, CPU) that generate, chat "
+        "and model.generate use by default when nothing is hooked: 2-3x faster decoding, loaded in seconds.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help=f"model name, checkpoint directory or .gguf (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--dtype", type=dtype_arg, default=None, help="float32 (default) or bfloat16")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="positions the package holds, prompt + new tokens, a multiple of 64 (default 512)",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even when a package is already built")
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """``llama3-lab compile``: build (or find) the model's compiled decode package; print its path."""
+    from . import loading, packaged
+
+    capacity = packaged.DEFAULT_CAPACITY if args.max_length is None else args.max_length
+    print(f"loading {args.model} ...", file=sys.stderr, flush=True)
+    model = loading.load_model(args.model, device="cpu", dtype=args.dtype, progress=False)
+    path = packaged.build_package(
+        model, capacity, force=args.force, echo=lambda line: print(line, file=sys.stderr, flush=True)
+    )
+    print(path)
+    return 0
+
 
 def _generate_options(args: argparse.Namespace) -> dict[str, Any]:
     """``generate()``'s keywords from the command line; the sampling settings become one ``Sampling``
@@ -109,7 +147,7 @@ def _generate_options(args: argparse.Namespace) -> dict[str, Any]:
         max_new_tokens=args.max_new_tokens,
         sampling=Sampling(**{name: value for name, value in given.items() if value is not None}),
         seed=args.seed,
-        fast=args.fast,
+        fast=True if args.fast else "auto",
     )
 
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .activation_cache import ActivationCache
 from .attention import apply_rotary
@@ -50,6 +52,77 @@ COMPILE_MODE_CPU = "max-autotune-no-cudagraphs"
 
 class FastPathError(RuntimeError):
     """The fast decoder cannot run in the requested way (hooks active, CUDA missing, cache full...)."""
+
+
+class DecodeStep(nn.Module):
+    """One decode step at a position held in a tensor, over a static cache: what is compiled.
+
+    ``forward(token [B 1], position [], keys, values) -> (logits [B V], greedy [B])``, where ``keys``
+    and ``values`` are the cache's per-layer ``[B K T_max d]`` tensors; the step writes its K/V into
+    them at ``position``. The model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1,
+    ln2, ln_final), the q/k/v/o projections, ``apply_rotary`` with the model's float32 RoPE tables,
+    ``MLP``, ``unembed``; the block is the same ``h = x + attn(ln1(x)); out = h + mlp(ln2(h))``.
+    Every shape is fixed by ``T_max``, so the step compiles once (``torch.compile``, AOTInductor).
+    """
+
+    def __init__(self, model: LlamaModel, max_length: int) -> None:
+        super().__init__()
+        self.model = model
+        cos, sin = model.rope(0, max_length)  # the model's float32 tables [T d], one row per position
+        self.register_buffer("cos", cos.clone(), persistent=False)
+        self.register_buffer("sin", sin.clone(), persistent=False)
+        self.register_buffer("key_positions", torch.arange(max_length, device=cos.device), persistent=False)
+
+    def attention(
+        self,
+        attn: Attention,
+        x: torch.Tensor,
+        position: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """The model's attention for one query at ``position``, over the whole static cache.
+
+        Same projections, RoPE, cache layout and fused kernel as ``Attention``; what differs is the
+        cache write (``index_copy_`` at a tensor position) and the mask ``key ≤ position`` over all
+        T_max keys, so that no shape depends on the position. With one query position, the G query
+        heads sharing a K/V head are handed to the kernel as G query *rows* of that head
+        (``b (k g) 1 d -> b k g d``): the same dot products, no K/V expansion, and a plain
+        (non-GQA) kernel on every backend.
+        """
+        B = x.shape[0]
+        H, K, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        q = attn.q_proj(x).view(B, 1, H, d)  # b p (h d) -> b p h d
+        k = attn.k_proj(x).view(B, 1, K, d)
+        v = attn.v_proj(x).view(B, 1, K, d)
+        rot_q, rot_k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        slot = position.view(1)
+        keys.index_copy_(2, slot, rot_k.transpose(1, 2))  # [B K T d]
+        values.index_copy_(2, slot, v.transpose(1, 2))
+        visible = (self.key_positions <= position).view(1, 1, 1, -1)  # [1 1 1 T]: keys ≤ position
+        grouped = rot_q.view(B, K, H // K, d)  # b 1 (k g) d -> b k g d: query heads grouped by K/V head
+        z = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=visible)  # [B K G d]
+        return attn.o_proj(z.reshape(B, 1, H * d))  # b k g d -> b 1 (k g d)
+
+    def forward(
+        self,
+        token: torch.Tensor,
+        position: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        slot = position.view(1)
+        cos, sin = self.cos.index_select(0, slot), self.sin.index_select(0, slot)  # [1 d]
+        x = model.embed(token)  # [B 1 D]
+        for layer, block in enumerate(model.blocks):
+            attn = self.attention(block.attn, block.ln1(x), position, keys[layer], values[layer], cos, sin)
+            h = x + attn
+            x = h + block.mlp(block.ln2(h))
+        logits = model.unembed(model.ln_final(x))[:, -1]  # [B V]
+        return logits, logits.argmax(dim=-1)
 
 
 class FastDecoder:
@@ -73,6 +146,7 @@ class FastDecoder:
         compile: str | None = "auto",  # noqa: A002 - the natural name; shadows the builtin only here
         cuda_graph: bool | None = None,
         freeze_weights: bool = True,
+        package: str | Path | None = None,
     ) -> None:
         if spread_over_devices(model):
             raise FastPathError(
@@ -85,6 +159,7 @@ class FastDecoder:
         self.device = model.device
         self.options = {"batch_size": batch_size, "compile": compile, "cuda_graph": cuda_graph}
         self.options["freeze_weights"] = freeze_weights
+        self.options["package"] = package
         on_cuda = self.device.type == "cuda"
         if cuda_graph and not on_cuda:
             raise FastPathError(
@@ -93,6 +168,9 @@ class FastDecoder:
             )
         self.cuda_graph = on_cuda if cuda_graph is None else cuda_graph
         self.compile = ("inductor" if not on_cuda else None) if compile == "auto" else compile
+        self.package = Path(package) if package is not None else None
+        if self.package is not None:  # a step compiled ahead of time (llama3_lab.packaged)
+            self.compile, self.cuda_graph = "aoti", False
         self.freeze_weights = freeze_weights
         # The cache is padded to a multiple of 64 keys (fused GPU kernels want aligned mask rows).
         capacity = min(-(-max_length // 64) * 64, model.cfg.max_position_embeddings)
@@ -100,10 +178,7 @@ class FastDecoder:
         self.cache = KVCache.allocate(model, batch_size=batch_size, max_length=max(capacity, max_length))
         for tensor in self.cache.keys + self.cache.values:
             tensor.zero_()  # masked slots get weight 0, but 0 · NaN from uninitialised memory would be NaN
-        T = self.cache.max_length
-        cos, sin = model.rope(0, T)  # the model's float32 tables [T d], one row per position
-        self._cos, self._sin = cos.clone(), sin.clone()
-        self._key_positions = torch.arange(T, device=self.device)
+        self.step_module = DecodeStep(model, self.cache.max_length)
         self._token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self._position = torch.zeros((), dtype=torch.long, device=self.device)
         self.position = 0  # host copy of the position of the next token to be fed
@@ -125,53 +200,16 @@ class FastDecoder:
 
     # -- the fixed-shape step -------------------------------------------------------------------------
 
-    def _attention(
-        self, attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> torch.Tensor:
-        """The model's attention for one query at ``self._position``, over the whole static cache.
-
-        Same projections, RoPE, cache layout and fused kernel as ``Attention``; what differs is the
-        cache write (``index_copy_`` at a tensor position) and the mask ``key ≤ position`` over all
-        T_max keys, so that no shape depends on the position. With one query position, the G query
-        heads sharing a K/V head are handed to the kernel as G query *rows* of that head
-        (``b (k g) 1 d -> b k g d``): the same dot products, no K/V expansion, and a plain
-        (non-GQA) kernel on every backend.
-        """
-        B = x.shape[0]
-        H, K, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
-        q = attn.q_proj(x).view(B, 1, H, d)  # b p (h d) -> b p h d
-        k = attn.k_proj(x).view(B, 1, K, d)
-        v = attn.v_proj(x).view(B, 1, K, d)
-        rot_q, rot_k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = self.cache.keys[attn.layer], self.cache.values[attn.layer]  # [B K T d]
-        slot = self._position.view(1)
-        keys.index_copy_(2, slot, rot_k.transpose(1, 2))
-        values.index_copy_(2, slot, v.transpose(1, 2))
-        visible = (self._key_positions <= self._position).view(1, 1, 1, -1)  # [1 1 1 T]: keys ≤ position
-        grouped = rot_q.view(B, K, H // K, d)  # b 1 (k g) d -> b k g d: query heads grouped by K/V head
-        z = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=visible)  # [B K G d]
-        return attn.o_proj(z.reshape(B, 1, H * d))  # b k g d -> b 1 (k g d)
-
-    def _logits_step(self) -> torch.Tensor:
-        """Logits [B V] of ``self._token`` at ``self._position``; writes its K/V into the cache."""
-        model = self.model
-        slot = self._position.view(1)
-        cos, sin = self._cos.index_select(0, slot), self._sin.index_select(0, slot)  # [1 d]
-        x = model.embed(self._token)  # [B 1 D]
-        for block in model.blocks:
-            h = x + self._attention(block.attn, block.ln1(x), cos, sin)
-            x = h + block.mlp(block.ln2(h))
-        return model.unembed(model.ln_final(x))[:, -1]
-
     def _advance_impl(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One step, then the greedy token becomes the next input and the position advances (in place)."""
-        logits = self._logits_step()
-        greedy = logits.argmax(dim=-1)  # [B]
+        logits, greedy = self.step_module(self._token, self._position, self.cache.keys, self.cache.values)
         self._token.copy_(greedy.view(-1, 1))
         self._position.add_(1)
         return logits, greedy
 
     def _build_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        if self.package is not None:
+            return self._packaged_advance()
         if self.compile is None:
             return self._advance_impl
         hide_context_hooks_from_compiler()  # the graph holds no hook; check_no_hooks runs before each step
@@ -189,6 +227,28 @@ class FastDecoder:
                 with inductor_config.patch(freezing=True):
                     return compiled()
             return compiled()
+
+        return advance
+
+    def _packaged_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """The step from a package built by ``packaged.build_package`` for this capacity and batch."""
+        from .packaged import PackageError, load_package, record_of
+
+        record = record_of(self.package)
+        if (record.capacity, record.batch_size) != (self.cache.max_length, self.batch_size):
+            raise PackageError(
+                f"the package {self.package} holds {record.capacity} positions for batch "
+                f"{record.batch_size}; "
+                f"this decoder has {self.cache.max_length} for batch {self.batch_size}: build it with "
+                f"max_length={record.capacity}, batch_size={record.batch_size}."
+            )
+        runner = load_package(self.package)
+
+        def advance() -> tuple[torch.Tensor, torch.Tensor]:
+            logits, greedy = runner(self._token, self._position, self.cache.keys, self.cache.values)
+            self._token.copy_(greedy.view(-1, 1))
+            self._position.add_(1)
+            return logits, greedy
 
         return advance
 
@@ -335,6 +395,10 @@ def fast_decoder(model: LlamaModel, length: int, **options: Any) -> FastDecoder:
     decoder = _DECODERS.get(model)
     capacity = -(-length // _CAPACITY_STEP) * _CAPACITY_STEP
     capacity = min(capacity, model.cfg.max_position_embeddings)
+    if options.get("package") is not None:  # a compiled package fixes the capacity
+        from .packaged import record_of
+
+        capacity = record_of(options["package"]).capacity
     if (
         decoder is None
         or decoder.max_length < length

@@ -12,6 +12,7 @@ live in ``llama3_lab.sampling`` and are importable from here too.
 from __future__ import annotations
 
 import codecs
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -230,7 +231,7 @@ def generate_tokens(
     *,
     generator: torch.Generator | None = None,
     stop_ids: Iterable[int] = (),
-    fast: bool | dict[str, Any] = False,
+    fast: bool | str | dict[str, Any] = "auto",
     **sampling_options: Any,
 ) -> Iterator[int]:
     """Yield new token ids one at a time: the decode loop under ``generate`` (works without a tokenizer).
@@ -244,16 +245,42 @@ def generate_tokens(
     yielded) or after ``max_new_tokens``. Hooks active on the model (``model.hooks(...)``) act on every
     forward.
 
-    ``fast``: decode with ``llama3_lab.fast.FastDecoder`` instead of the model's hookable forward (a dict
-    passes its options); the sampling loop is the same, so greedy tokens are the same.
+    ``fast``: how the steps after the prefill are computed; the sampling loop is the same either way,
+    so greedy tokens are the same.
+
+    - ``"auto"`` (default): the decode step compiled ahead of time (``llama3_lab.packaged``, built
+      once by ``llama3-lab compile``) when one was built for this model and nothing is hooked; else
+      the model's hookable forward. A hooked generation is therefore always the exact eager path.
+    - ``False``: always the model's hookable forward.
+    - ``True``: that package when there is one, else ``llama3_lab.fast.FastDecoder`` compiled in this
+      process (a minute or more on CPU the first time); a dict passes ``FastDecoder`` options.
     """
     sampling = resolve_sampling(sampling, sampling_options, caller="generate_tokens")
     check_length(model, len(prompt_ids), max_new_tokens)  # here, not at the first next()
     length = len(prompt_ids) + max_new_tokens
+    automatic = False
+    if fast not in (True, False, "auto") and not isinstance(fast, dict):
+        raise GenerationError(
+            f"fast={fast!r}: use 'auto' (the default), True, False or a dict of FastDecoder options."
+        )
+    if fast is True or fast == "auto":
+        from .packaged import usable_package
+
+        package = usable_package(model, length)
+        automatic = fast == "auto"
+        fast = {"package": package} if package is not None else fast is True
+    decoder = None
     if fast:
         from .fast import fast_decoder
+        from .packaged import PackageError
 
-        decoder = fast_decoder(model, length, **(fast if isinstance(fast, dict) else {}))
+        try:
+            decoder = fast_decoder(model, length, **(fast if isinstance(fast, dict) else {}))
+        except PackageError as error:  # a package found by "auto" that does not load: say so, decode eagerly
+            if not automatic:
+                raise
+            warnings.warn(f"{error} Decoding on the eager path instead.", stacklevel=2)
+    if decoder is not None:
         prefill, step = (lambda ids: decoder.prefill(ids)[0]), (lambda token: decoder.step(token)[0])
     else:
         cache = KVCache.allocate(model, batch_size=1, max_length=length)
@@ -379,7 +406,7 @@ def generate(
     stop: int | str | Iterable[int | str] | None = None,
     stream: bool = False,
     prepend_bos: bool | None = None,
-    fast: bool | dict[str, Any] = False,
+    fast: bool | str | dict[str, Any] = "auto",
     **sampling_options: Any,
 ) -> Generation | TextStream | list[Generation]:
     """Continue ``prompt`` and return the new text.
@@ -396,9 +423,12 @@ def generate(
     ``.stop_reason``. With ``stream=True`` returns a ``TextStream`` yielding text pieces as they are
     decoded. Hooks active on the model (``with model.hooks(...)``) act on every forward.
 
-    ``fast=True`` decodes with ``llama3_lab.fast`` (a fixed-shape step, compiled on CPU or captured as
-    a CUDA graph: same greedy tokens, several times faster, no hooks; the first call compiles, which
-    takes a minute or more on CPU). A dict passes ``FastDecoder`` options, e.g. ``{"compile": None}``.
+    ``fast``: ``"auto"`` (default) decodes with the step compiled ahead of time by ``llama3-lab
+    compile`` (``llama3_lab.packaged``: same greedy tokens, 2-3x faster on CPU, loads in seconds) when
+    one was built for this model and nothing is hooked, else with the hookable forward; ``False``
+    always the hookable forward; ``True`` the package or, without one, ``llama3_lab.fast`` compiled in
+    this process (a fixed-shape step, compiled on CPU or captured as a CUDA graph; the first call
+    compiles, which takes a minute or more on CPU). A dict passes ``FastDecoder`` options.
 
     A list of prompts (texts, chats or id lists) is generated as one batch: see ``generate_batch``;
     the result is a list of ``Generation``.
@@ -411,7 +441,7 @@ def generate(
                 "stream=True streams one prompt; a batch of prompts is not streamed. Drop stream=True to "
                 "get every row's Generation at the end, or stream each prompt on its own."
             )
-        if fast:
+        if fast and fast != "auto":
             raise GenerationError(
                 "fast=True decodes one prompt at a time; a batch of prompts runs on the eager forward. "
                 "Drop fast=True, or loop over the prompts with fast=True."

@@ -61,6 +61,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // k if k else 0
     if (
         0 < rows <= MAX_ROWS
+        and not torch.compiler.is_compiling()  # a compiler makes its own matmul (and cannot trace this)
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.device.type == "cpu"

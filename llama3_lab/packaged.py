@@ -1,0 +1,332 @@
+"""The fast decoder's step compiled ahead of time (AOTInductor), kept in the user cache, loaded in seconds.
+
+    llama3-lab compile smollm2-135m-instruct     # once: a few minutes (CPU Inductor, weights frozen)
+    model.generate("Once upon a time")           # any later process: loads the package (~2 s) and uses it
+
+``torch.compile`` of the fast decoder's step costs most of a minute in *every* new process, so
+notebooks and the CLI never used it. Here the same step (``fast.DecodeStep``) is exported once
+(``torch.export``) and compiled by AOTInductor into a ``.pt2`` package, with the weights frozen into
+it (pre-packed for the CPU's own matmul micro-kernels): what ``torch.compile`` would build, built
+once and kept under ``<cache>/compiled/`` beside a JSON record of what it was built for (torch
+version, CPU capability, dtype, batch size, cache capacity, config and a fingerprint of the weights).
+
+``generate`` and ``generate_tokens`` use a package by default (``fast="auto"``) when all of this holds,
+and otherwise decode with the model's own hookable forward, as before:
+
+- the model is on the CPU, on one device, and nothing is hooked (no hook point, no module hook):
+  the package never visits a hook point, so a hooked generation stays on the exact eager path;
+- a package was built for this torch, this CPU capability, this dtype and batch, with a capacity of
+  at least prompt + new tokens;
+- the weights are the ones it was built from: a fingerprint of every parameter's bytes is compared
+  once per model object, and afterwards each parameter's identity and in-place version counter (an
+  edited or replaced weight falls back to the eager path);
+- its frozen weights, a second copy of the model's, fit in the free memory (they are loaded on first
+  use, never at ``load_model``).
+
+The package's tokens equal the eager path's greedy tokens (tested); its logits agree to float32
+rounding, not bit for bit (another matmul kernel sums in another order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .assets import atomic_path, cache_dir, write_atomic
+from .hooks import spread_over_devices
+from .kv_cache import KVCache
+from .memory import free_memory_bytes
+from .units import format_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import LlamaModel
+
+FORMAT = 1
+"""Bumped whenever ``DecodeStep``'s inputs, outputs or math change: older packages are then ignored."""
+
+DEFAULT_CAPACITY = 512
+"""Positions (prompt + new tokens) a package holds by default; a multiple of 64 (the decoder's padding)."""
+
+INDUCTOR_CONFIGS: dict[str, Any] = {
+    "freezing": True,  # weights become constants, pre-packed for the matmul kernels
+    "max_autotune": True,  # the CPU's C++ GEMM micro-kernels, timed against MKL per shape
+    "max_autotune_gemm_backends": "CPP,ATEN",
+}
+"""What a package is compiled with (the fast decoder's CPU compile: Inductor, max-autotune, frozen)."""
+
+
+class PackageError(RuntimeError):
+    """A compiled package cannot be built or loaded as asked (wrong device, hooks on, corrupt file...)."""
+
+
+@dataclass(frozen=True)
+class PackageRecord:
+    """What a package was built for; stored as JSON beside the ``.pt2``."""
+
+    format: int
+    torch: str
+    cpu: str
+    dtype: str
+    batch_size: int
+    capacity: int
+    config: str  # hash of the model's config
+    weights: str  # fingerprint of the weights
+    build_seconds: float = 0.0
+    weight_bytes: int = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Where packages live and what they are for
+
+
+def package_dir() -> Path:
+    """``<cache>/compiled``: the packages and their JSON records."""
+    return cache_dir() / "compiled"
+
+
+def environment() -> dict[str, str]:
+    """The torch version and the CPU's vector capability a package's code was generated for."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"torch": torch.__version__, "cpu": f"{platform.machine()}-{capability}"}
+
+
+def config_hash(model: LlamaModel) -> str:
+    """A short hash of the model's config (the shapes the compiled code was generated for)."""
+    text = json.dumps(model.cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(model: LlamaModel) -> str:
+    """A hash of every parameter's name, shape, dtype and bytes (~1 GB/s: 0.5 s for SmolLM2 in float32)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tensor = param.detach()
+        if not tensor.is_contiguous():  # the loaders keep 2-D weights column-major (matvec_layout)
+            tensor = tensor.T if tensor.T.is_contiguous() else tensor.contiguous()
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(memoryview(tensor.cpu().view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def _record_for(model: LlamaModel, batch_size: int, capacity: int, weights: str) -> PackageRecord:
+    env = environment()
+    return PackageRecord(
+        format=FORMAT,
+        torch=env["torch"],
+        cpu=env["cpu"],
+        dtype=str(model.dtype).removeprefix("torch."),
+        batch_size=batch_size,
+        capacity=capacity,
+        config=config_hash(model),
+        weights=weights,
+    )
+
+
+def package_path(record: PackageRecord) -> Path:
+    """``<cache>/compiled/decode-<weights>-<key>.pt2``: one file per build target."""
+    key = hashlib.sha256(json.dumps({**asdict(record), "build_seconds": 0}, sort_keys=True).encode())
+    return package_dir() / f"decode-{record.weights[:12]}-{key.hexdigest()[:12]}.pt2"
+
+
+def _records() -> list[tuple[PackageRecord, Path]]:
+    """Every package record in the cache whose package file is there (unreadable records skipped)."""
+    found = []
+    for meta in sorted(package_dir().glob("decode-*.json")):
+        try:
+            record = PackageRecord(**json.loads(meta.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        path = meta.with_suffix(".pt2")
+        if path.exists():
+            found.append((record, path))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# The weights a model object holds: fingerprinted once, then watched through version counters
+
+
+@dataclass
+class _Weights:
+    fingerprint: str
+    state: tuple[tuple[int, int, int], ...]
+
+
+_WEIGHTS: weakref.WeakKeyDictionary[Any, _Weights] = weakref.WeakKeyDictionary()
+
+
+def _param_state(model: LlamaModel) -> tuple[tuple[int, int, int], ...]:
+    """(identity, version counter, data pointer) of every parameter: any edit changes one of them."""
+    return tuple((id(p), p._version, p.data_ptr()) for p in model.parameters())
+
+
+def current_fingerprint(model: LlamaModel) -> str:
+    """The model's weights fingerprint, recomputed only when a parameter was replaced or edited in place."""
+    state = _param_state(model)
+    known = _WEIGHTS.get(model)
+    if known is None or known.state != state:
+        known = _Weights(weights_fingerprint(model), state)
+        _WEIGHTS[model] = known
+    return known.fingerprint
+
+
+# --------------------------------------------------------------------------------------------------
+# Build
+
+
+def _check_model(model: LlamaModel, action: str) -> None:
+    if spread_over_devices(model) or model.device.type != "cpu":
+        raise PackageError(
+            f"{action} needs a model on the CPU, on one device; this one is on {model.device}"
+            + (" and placed over several devices" if spread_over_devices(model) else "")
+            + ". On CUDA the fast decoder captures a CUDA graph instead (generate(..., fast=True))."
+        )
+    if model.dtype not in (torch.float32, torch.bfloat16):
+        raise PackageError(f"{action} is for float32 or bfloat16 models; this one is {model.dtype}.")
+
+
+def build_package(
+    model: LlamaModel,
+    capacity: int = DEFAULT_CAPACITY,
+    batch_size: int = 1,
+    *,
+    force: bool = False,
+    inductor_configs: dict[str, Any] | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> Path:
+    """Compile ``model``'s decode step for ``capacity`` positions into the cache; returns the package path.
+
+    Takes minutes on a CPU (a 30-layer model: about two on two cores); a package already built for
+    the same weights and target is kept unless ``force``. ``inductor_configs`` replaces
+    ``INDUCTOR_CONFIGS`` (tests use a quicker compile).
+    """
+    from .fast import DecodeStep, FastDecoder
+
+    _check_model(model, "build_package")
+    if capacity % 64 or capacity <= 0 or capacity > model.cfg.max_position_embeddings:
+        raise PackageError(
+            f"capacity={capacity}: a package holds a positive multiple of 64 positions, at most the model's "
+            f"context ({model.cfg.max_position_embeddings}); e.g. capacity={DEFAULT_CAPACITY}."
+        )
+    FastDecoder(model, capacity, batch_size, compile=None).check_no_hooks()
+    record = _record_for(model, batch_size, capacity, current_fingerprint(model))
+    path = package_path(record)
+    if path.exists() and path.with_suffix(".json").exists() and not force:
+        return path
+    say = echo or (lambda _text: None)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = 3 * weight_bytes  # the model, the frozen copy, the compiler's working copies
+    free = free_memory_bytes("cpu")
+    if needed > free:
+        raise PackageError(
+            f"compiling needs about {format_bytes(needed)} of memory (the weights three times) and "
+            f"{format_bytes(free)} is free: close other programs, or keep using the eager path."
+        )
+    say(f"compiling the decode step ({capacity} positions, batch {batch_size}); this takes a few minutes ...")
+    start = time.perf_counter()
+    cache = KVCache.allocate(model, batch_size=batch_size, max_length=capacity)
+    step = DecodeStep(model, capacity).eval()
+    token = torch.zeros(batch_size, 1, dtype=torch.long)
+    position = torch.zeros((), dtype=torch.long)
+    from .hook_points import hide_context_hooks_from_compiler
+
+    hide_context_hooks_from_compiler()
+    with torch.no_grad():
+        program = torch.export.export(step, (token, position, cache.keys, cache.values), strict=False)
+        with atomic_path(path) as tmp:
+            built = tmp.with_suffix(".pt2")  # AOTInductor wants the suffix; renamed into tmp, then path
+            try:
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(built),
+                    inductor_configs=INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs,
+                )
+                built.replace(tmp)
+            finally:
+                built.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    done = PackageRecord(
+        **{**asdict(record), "build_seconds": round(seconds, 1), "weight_bytes": weight_bytes}
+    )
+    write_atomic(path.with_suffix(".json"), json.dumps(asdict(done), indent=2).encode())
+    say(f"compiled in {seconds:.0f} s: {path} ({format_bytes(path.stat().st_size)})")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Find and load
+
+
+def usable_package(model: LlamaModel, length: int, batch_size: int = 1) -> Path | None:
+    """The smallest package that can decode ``length`` positions of ``model`` now, or None.
+
+    Cheap when no package was built for this model's config (no weights are hashed then). None, too,
+    while anything is hooked, on a non-CPU or placed model, or when the frozen copy of the weights
+    would not fit the free memory.
+    """
+    if model.device.type != "cpu" or spread_over_devices(model) or _anything_hooked(model):
+        return None
+    if model.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    target = _record_for(model, batch_size, 0, "")
+    same_target = ("format", "torch", "cpu", "dtype", "batch_size", "config")
+    candidates = [
+        (record, path)
+        for record, path in _records()
+        if record.capacity >= length and all(getattr(record, k) == getattr(target, k) for k in same_target)
+    ]
+    if not candidates:
+        return None
+    fingerprint = current_fingerprint(model)  # hashed only now that a package could serve this model
+    fitting = sorted((r.capacity, str(p), r) for r, p in candidates if r.weights == fingerprint)
+    if not fitting:
+        return None
+    _capacity, name, record = fitting[0]
+    path = Path(name)
+    if path in _LOADED or record.weight_bytes <= free_memory_bytes("cpu") // 2:
+        return path
+    return None
+
+
+def _anything_hooked(model: LlamaModel) -> bool:
+    from .hook_points import hooked_names
+
+    if hooked_names(model.hook_dict):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+_LOADED: dict[Path, Any] = {}
+
+
+def load_package(path: str | Path) -> Any:
+    """The AOTInductor runner of a package (loaded once per process): ``runner(token, position, keys,
+    values) -> (logits, greedy)``."""
+    path = Path(path)
+    if path in _LOADED:
+        return _LOADED[path]
+    import torch._inductor
+
+    try:
+        runner = torch._inductor.aoti_load_package(str(path))
+    except Exception as error:  # a truncated or foreign file: say which and how to rebuild
+        raise PackageError(
+            f"the compiled package {path} could not be loaded ({type(error).__name__}: {error}). "
+            "Delete it, or rebuild it with `llama3-lab compile MODEL --force`."
+        ) from error
+    _LOADED[path] = runner
+    return runner
+
+
+def record_of(path: str | Path) -> PackageRecord:
+    """The JSON record beside a package."""
+    return PackageRecord(**json.loads(Path(path).with_suffix(".json").read_text()))

@@ -1,0 +1,135 @@
+"""packaged: the decode step compiled ahead of time, used by default only where it is right.
+
+One AOTInductor build of a tiny model (~15 s, a quick compile without max-autotune) serves the module.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llama3_lab import fast, packaged
+from llama3_lab.fast import FastDecoder
+from llama3_lab.generation import generate_tokens
+from llama3_lab.packaged import PackageError, build_package, record_of, usable_package
+
+from conftest import tiny_model
+
+PROMPT = [1, 5, 9, 3, 7]
+QUICK = {"freezing": True}  # the frozen-weights compile without max-autotune: same code path, faster
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama3-lab-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMA3_LAB_HOME", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def built(home):
+    model = tiny_model(seed=3)
+    path = build_package(model, capacity=64, inductor_configs=QUICK, echo=None)
+    return model, path
+
+
+def decoder_in_use(model):
+    return fast._DECODERS.get(model)
+
+
+def test_the_package_is_recorded_and_found(built, home):
+    model, path = built
+    assert path.parent == home / "compiled" and path.exists()
+    record = record_of(path)
+    assert (record.capacity, record.batch_size, record.dtype) == (64, 1, "float32")
+    assert record.weights == packaged.weights_fingerprint(model)
+    assert usable_package(model, 40) == path
+    assert usable_package(model, 65) is None  # more positions than the package holds
+    # built again: the same file is kept, nothing recompiled
+    assert build_package(model, capacity=64, inductor_configs=QUICK, echo=None) == path
+
+
+def test_generate_uses_the_package_by_default_with_the_eager_tokens(built):
+    model, path = built
+    eager = list(generate_tokens(model, PROMPT, 24, temperature=0, fast=False))
+    assert list(generate_tokens(model, PROMPT, 24, temperature=0)) == eager
+    decoder = decoder_in_use(model)
+    assert decoder is not None and decoder.package == path
+    # its logits are the eager forward's up to float32 rounding
+    logits = decoder.prefill(PROMPT)
+    step = decoder.step(int(logits.argmax()))
+    with torch.no_grad():
+        reference = model(torch.tensor([PROMPT + [int(logits.argmax())]]))[0, -1]
+    torch.testing.assert_close(step[0], reference, rtol=1e-4, atol=1e-4)
+
+
+def test_a_hooked_generation_takes_the_eager_path(built):
+    model, _ = built
+    seen = []
+    with model.hooks([("blocks.0.hook_resid_post", lambda x, hook: seen.append(x.shape[1]))]):
+        assert usable_package(model, 30) is None
+        tokens = list(generate_tokens(model, PROMPT, 6, temperature=0))
+    assert seen == [len(PROMPT)] + [1] * 5  # the prefill, then every step went through the hook
+    assert tokens == list(generate_tokens(model, PROMPT, 6, temperature=0, fast=False))
+    handle = model.blocks[0].mlp.register_forward_hook(lambda *args: None)  # a plain module hook
+    try:
+        assert usable_package(model, 30) is None
+    finally:
+        handle.remove()
+    assert usable_package(model, 30) is not None
+
+
+def test_edited_weights_are_not_decoded_with_the_frozen_ones(built):
+    model, path = built
+    weight = model.blocks[1].mlp.down_proj.weight
+    original = weight.detach().clone()
+    with torch.no_grad():
+        weight.mul_(0.5)  # an ablation in place: the package's frozen copy is now wrong
+    try:
+        assert usable_package(model, 30) is None
+        edited = list(generate_tokens(model, PROMPT, 12, temperature=0))
+        assert edited == list(generate_tokens(model, PROMPT, 12, temperature=0, fast=False))
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    assert usable_package(model, 30) == path  # the same bytes again: fingerprinted anew, usable
+
+
+def test_another_models_weights_do_not_match(built):
+    assert usable_package(tiny_model(seed=4), 30) is None
+
+
+def test_a_corrupt_package_falls_back_with_a_warning(built, tmp_path, monkeypatch):
+    model, path = built
+    broken = tmp_path / path.name
+    broken.write_bytes(b"not a package")
+    broken.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+    with pytest.raises(PackageError, match="could not be loaded.*llama3-lab compile MODEL --force"):
+        FastDecoder(model, 64, package=broken)
+    monkeypatch.setattr(packaged, "usable_package", lambda *args, **kwargs: broken)
+    fast._DECODERS.pop(model, None)
+    with pytest.warns(UserWarning, match="could not be loaded.*eager path instead"):
+        tokens = list(generate_tokens(model, PROMPT, 6, temperature=0))
+    assert tokens == list(generate_tokens(model, PROMPT, 6, temperature=0, fast=False))
+    with pytest.raises(PackageError):  # asked for explicitly: the error itself
+        list(generate_tokens(model, PROMPT, 6, temperature=0, fast={"package": broken}))
+
+
+def test_bad_builds_are_refused(built):
+    model, _ = built
+    with pytest.raises(PackageError, match="multiple of 64"):
+        build_package(model, capacity=100, echo=None)
+    with pytest.raises(PackageError, match="at most the model's context"):
+        build_package(model, capacity=128, echo=None)  # the tiny context is 64
+    with model.hooks([("blocks.0.hook_resid_post", lambda x, hook: None)]):
+        with pytest.raises(fast.FastPathError, match="hooks are registered"):
+            build_package(model, capacity=64, echo=None)
+    with pytest.raises(PackageError, match="float32 or bfloat16"):
+        build_package(tiny_model(seed=3, dtype=torch.float64), capacity=64, echo=None)
+
+
+def test_the_decoder_refuses_a_package_of_another_batch(built):
+    model, path = built
+    with pytest.raises(PackageError, match="holds 64 positions for batch 1.*batch 2"):
+        FastDecoder(model, 64, batch_size=2, package=path)
