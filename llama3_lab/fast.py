@@ -1,6 +1,6 @@
-"""Opt-in fast decoding: a fixed-shape decode step over the preallocated KV cache, compiled or graph-captured.
+"""Fast decoding: a fixed-shape decode step over the preallocated KV cache, compiled or graph-captured.
 
-The eager path (``model(token, cache=cache)``) is what notebooks should use: every hook fires, every
+The eager path (``model(token, cache=cache)``) is what hooks need: every hook fires, every
 shape is the length seen so far. Its price is Python work per step and shapes that change with every
 token, which keep ``torch.compile`` and CUDA graphs out. ``FastDecoder`` trades the hooks for speed:
 
@@ -14,8 +14,12 @@ Why a step of its own. A decode step has one query at position p. The model's at
 cache ``[B, K, T_max, d]`` with the mask ``key position ≤ p``, and the new K/V are written with
 ``index_copy_`` at a position held in a tensor. Every tensor then has the same shape at every step, so
 the step can be compiled once (CPU: Inductor, ``mode="max-autotune-no-cudagraphs"``, weights frozen so
-oneDNN pre-packs them) or captured once as a CUDA graph and replayed. Masked keys get probability
-exactly 0, so the result is the eager result up to summation order; greedy tokens are tested equal.
+they are pre-packed for the matmul kernels; or ahead of time, once per machine, by
+``llama3_lab.packaged``, which ``generate`` then uses by default) or captured once as a CUDA graph
+and replayed. Attention is the eager path's math (scores, float32 softmax, pattern · v), so the step
+also returns every head's attention row and every block's residual, what a ``Session`` records.
+Masked keys get probability exactly 0, so the result is the eager result up to summation order;
+greedy tokens are tested equal.
 
 Everything else is the model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1, ln2,
 ln_final), the q/k/v/o projections, ``apply_rotary`` with the model's float32 RoPE tables, ``MLP``,
@@ -34,11 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .activation_cache import ActivationCache
-from .attention import apply_rotary
+from .attention import apply_rotary, at_least_float32
 from .hook_points import hide_context_hooks_from_compiler, hooked_names
 from .hooks import spread_over_devices
 from .kv_cache import KVCache
@@ -57,9 +60,11 @@ class FastPathError(RuntimeError):
 class DecodeStep(nn.Module):
     """One decode step at a position held in a tensor, over a static cache: what is compiled.
 
-    ``forward(token [B 1], position [], keys, values) -> (logits [B V], greedy [B])``, where ``keys``
-    and ``values`` are the cache's per-layer ``[B K T_max d]`` tensors; the step writes its K/V into
-    them at ``position``. The model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1,
+    ``forward(token [B 1], position [], keys, values) -> (logits [B V], greedy [B], resid [L B D],
+    pattern [L B H T])``, where ``keys`` and ``values`` are the cache's per-layer ``[B K T_max d]``
+    tensors (the step writes its K/V into them at ``position``); ``resid`` is every block's
+    ``resid_post`` and ``pattern`` every head's attention row (0 beyond ``position``), what a
+    ``Session`` records. The model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1,
     ln2, ln_final), the q/k/v/o projections, ``apply_rotary`` with the model's float32 RoPE tables,
     ``MLP``, ``unembed``; the block is the same ``h = x + attn(ln1(x)); out = h + mlp(ln2(h))``.
     Every shape is fixed by ``T_max``, so the step compiles once (``torch.compile``, AOTInductor).
@@ -82,15 +87,14 @@ class DecodeStep(nn.Module):
         values: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-    ) -> torch.Tensor:
-        """The model's attention for one query at ``position``, over the whole static cache.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's attention for one query at ``position``, over the whole static cache; with its pattern.
 
-        Same projections, RoPE, cache layout and fused kernel as ``Attention``; what differs is the
-        cache write (``index_copy_`` at a tensor position) and the mask ``key ≤ position`` over all
-        T_max keys, so that no shape depends on the position. With one query position, the G query
-        heads sharing a K/V head are handed to the kernel as G query *rows* of that head
-        (``b (k g) 1 d -> b k g d``): the same dot products, no K/V expansion, and a plain
-        (non-GQA) kernel on every backend.
+        Same projections, RoPE and cache layout as ``Attention``, and its eager math (scores, float32
+        softmax, pattern · v); what differs is the cache write (``index_copy_`` at a tensor position)
+        and the mask ``key ≤ position`` over all T_max keys, so that no shape depends on the position.
+        With one query position, the G query heads sharing a K/V head are G query *rows* of that head
+        (``b (k g) 1 d -> b k g d``): the same dot products, no K/V expansion.
         """
         B = x.shape[0]
         H, K, d = attn.n_heads, attn.n_kv_heads, attn.head_dim
@@ -101,10 +105,14 @@ class DecodeStep(nn.Module):
         slot = position.view(1)
         keys.index_copy_(2, slot, rot_k.transpose(1, 2))  # [B K T d]
         values.index_copy_(2, slot, v.transpose(1, 2))
-        visible = (self.key_positions <= position).view(1, 1, 1, -1)  # [1 1 1 T]: keys ≤ position
         grouped = rot_q.view(B, K, H // K, d)  # b 1 (k g) d -> b k g d: query heads grouped by K/V head
-        z = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=visible)  # [B K G d]
-        return attn.o_proj(z.reshape(B, 1, H * d))  # b k g d -> b 1 (k g d)
+        scores = torch.einsum("bkgd,bktd->bkgt", grouped, keys) * attn.scale  # [B K G T]
+        visible = self.key_positions <= position  # [T]: keys ≤ position
+        scores = scores.masked_fill(~visible, float("-inf"))
+        pattern = scores.softmax(dim=-1, dtype=at_least_float32(scores.dtype)).to(x.dtype)
+        z = torch.einsum("bkgt,bktd->bkgd", pattern, values)  # [B K G d]
+        out = attn.o_proj(z.reshape(B, 1, H * d))  # b k g d -> b 1 (k g d)
+        return out, pattern.reshape(B, H, -1)  # b k g t -> b (k g) t
 
     def forward(
         self,
@@ -112,17 +120,22 @@ class DecodeStep(nn.Module):
         position: torch.Tensor,
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
         slot = position.view(1)
         cos, sin = self.cos.index_select(0, slot), self.sin.index_select(0, slot)  # [1 d]
         x = model.embed(token)  # [B 1 D]
+        resid, patterns = [], []
         for layer, block in enumerate(model.blocks):
-            attn = self.attention(block.attn, block.ln1(x), position, keys[layer], values[layer], cos, sin)
+            attn, pattern = self.attention(
+                block.attn, block.ln1(x), position, keys[layer], values[layer], cos, sin
+            )
             h = x + attn
             x = h + block.mlp(block.ln2(h))
+            resid.append(x[:, -1])
+            patterns.append(pattern)
         logits = model.unembed(model.ln_final(x))[:, -1]  # [B V]
-        return logits, logits.argmax(dim=-1)
+        return logits, logits.argmax(dim=-1), torch.stack(resid), torch.stack(patterns)
 
 
 class FastDecoder:
@@ -202,7 +215,9 @@ class FastDecoder:
 
     def _advance_impl(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One step, then the greedy token becomes the next input and the position advances (in place)."""
-        logits, greedy = self.step_module(self._token, self._position, self.cache.keys, self.cache.values)
+        logits, greedy, *_records = self.step_module(
+            self._token, self._position, self.cache.keys, self.cache.values
+        )
         self._token.copy_(greedy.view(-1, 1))
         self._position.add_(1)
         return logits, greedy
@@ -245,7 +260,9 @@ class FastDecoder:
         runner = load_package(self.package)
 
         def advance() -> tuple[torch.Tensor, torch.Tensor]:
-            logits, greedy = runner(self._token, self._position, self.cache.keys, self.cache.values)
+            logits, greedy, *_records = runner(
+                self._token, self._position, self.cache.keys, self.cache.values
+            )
             self._token.copy_(greedy.view(-1, 1))
             self._position.add_(1)
             return logits, greedy

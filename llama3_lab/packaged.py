@@ -10,8 +10,9 @@ it (pre-packed for the CPU's own matmul micro-kernels): what ``torch.compile`` w
 once and kept under ``<cache>/compiled/`` beside a JSON record of what it was built for (torch
 version, CPU capability, dtype, batch size, cache capacity, config and a fingerprint of the weights).
 
-``generate`` and ``generate_tokens`` use a package by default (``fast="auto"``) when all of this holds,
-and otherwise decode with the model's own hookable forward, as before:
+``generate``, ``generate_tokens`` and ``Session`` use a package by default (``fast="auto"``; a
+``Session`` step also takes every head's attention row and every block's residual from it) when all
+of this holds, and otherwise decode with the model's own hookable forward, as before:
 
 - the model is on the CPU, on one device, and nothing is hooked (no hook point, no module hook):
   the package never visits a hook point, so a hooked generation stays on the exact eager path;
@@ -50,7 +51,7 @@ from .units import format_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from .model import LlamaModel
 
-FORMAT = 1
+FORMAT = 2
 """Bumped whenever ``DecodeStep``'s inputs, outputs or math change: older packages are then ignored."""
 
 DEFAULT_CAPACITY = 512
@@ -297,6 +298,14 @@ def usable_package(model: LlamaModel, length: int, batch_size: int = 1) -> Path 
     return None
 
 
+def still_usable(model: LlamaModel, path: Path) -> bool:
+    """Whether the package ``usable_package`` gave for ``model`` may still decode its next step: nothing
+    hooked since, and the weights unchanged (identity and version counters; rehashed only if edited)."""
+    if _anything_hooked(model):
+        return False
+    return record_of(path).weights == current_fingerprint(model)
+
+
 def _anything_hooked(model: LlamaModel) -> bool:
     from .hook_points import hooked_names
 
@@ -328,5 +337,11 @@ def load_package(path: str | Path) -> Any:
 
 
 def record_of(path: str | Path) -> PackageRecord:
-    """The JSON record beside a package."""
-    return PackageRecord(**json.loads(Path(path).with_suffix(".json").read_text()))
+    """The JSON record beside a package (read once per process)."""
+    path = Path(path)
+    if path not in _RECORDS:
+        _RECORDS[path] = PackageRecord(**json.loads(path.with_suffix(".json").read_text()))
+    return _RECORDS[path]
+
+
+_RECORDS: dict[Path, PackageRecord] = {}

@@ -25,6 +25,7 @@ from .analysis.tables import TopK, top_k_of_probs
 from .generation import Prompt, check_length, prompt_to_tokens, require_tokenizer, resolve_stop
 from .hook_points import context_hooks, get_act_name
 from .kv_cache import KVCache
+from .packaged import load_package, record_of, still_usable, usable_package
 from .sampling import GenerationError, Sampling, make_generator, resolve_sampling, scaled_logits
 from .tokenizer import token_strings
 
@@ -173,6 +174,11 @@ class Session:
     ``cache`` (the ``KVCache``, holding every token but the last), ``done`` (the last token is a stop
     token), ``sampling`` (also as ``temperature``, ``top_p``, ``top_k``: assign one to change it for the
     next steps). Hooks active on the model (``with model.hooks(...)``) act on every step.
+
+    ``fast`` (default True): on a CPU, steps use the decode step compiled ahead of time by ``llama3-lab
+    compile`` (``llama3_lab.packaged``) when one was built for this model, with the same records taken
+    from its outputs; a step while anything is hooked, or once the context outgrows the package's
+    capacity, is the hookable forward. ``fast=False``: always the hookable forward (exact to the bit).
     """
 
     temperature = _sampling_field("temperature")
@@ -191,6 +197,7 @@ class Session:
         prepend_bos: bool | None = None,
         max_length: int | None = None,
         keep_full: int | None = KEEP_FULL,
+        fast: bool = True,
         **sampling_options: Any,
     ) -> None:
         self.sampling = resolve_sampling(sampling, sampling_options, caller="Session")
@@ -216,7 +223,11 @@ class Session:
         self.generator = make_generator(seed, model.device)
         limit = model.cfg.max_position_embeddings
         capacity = max_length or len(self.tokens) + 256  # grows (doubling) when the steps outrun it
+        self._package = usable_package(model, max_length or len(self.tokens) + 1) if fast else None
+        if self._package is not None:  # the compiled step needs a cache of the capacity it was built for
+            capacity = record_of(self._package).capacity
         self.cache = KVCache.allocate(model, 1, max_length=min(limit, max(capacity, len(self.tokens))))
+        self._zero_unfilled_cache()
         if len(self.tokens) > 1:  # everything but the last token; each step then feeds one token
             with torch.no_grad():
                 model(torch.tensor([self.tokens[:-1]], device=model.device), cache=self.cache)
@@ -311,6 +322,7 @@ class Session:
         )
         twin.stop_ids = set(self.stop_ids)
         twin.cache = self.cache.clone()
+        twin._zero_unfilled_cache()
         twin.generator = torch.Generator(device=self.generator.device)
         twin.generator.set_state(self.generator.get_state())
         twin._setup_capture()
@@ -367,8 +379,19 @@ class Session:
         self._ensure_capacity(position)
         rng_state = self._rng_state_now()
         last = torch.tensor([[self.tokens[-1]]], device=self.model.device)
-        with torch.no_grad(), self._capturing():
-            logits = self.model(last, cache=self.cache)[0, -1]
+        runner = self._packaged_step()
+        if runner is None:
+            with torch.no_grad(), self._capturing():
+                logits = self.model(last, cache=self.cache)[0, -1]
+        else:  # the compiled step: the same records, from its outputs (the query is at position - 1)
+            with torch.inference_mode():
+                logits, _, resid, pattern = runner(
+                    last, torch.tensor(position - 1), self.cache.keys, self.cache.values
+                )
+            self.cache.length = position
+            logits = logits[0]
+            self._attention_rows = list(pattern[:, 0, :, :position].clone())  # [L H T] -> L rows [H position]
+            self._resid_rows = list(resid[:, 0].clone())  # [L D]
         with torch.no_grad():
             if forced is None:
                 token = int(self.sampling.sample(logits, self.generator, position=position))
@@ -380,6 +403,21 @@ class Session:
         self._rng_states.append(rng_state)
         self._compact_old_records()
         return record
+
+    def _zero_unfilled_cache(self) -> None:
+        """For the compiled step, which reads every slot (masked): 0 · an uninitialised NaN is NaN."""
+        if self._package is not None:
+            for tensor in self.cache.keys + self.cache.values:
+                tensor[:, :, self.cache.length :].zero_()
+
+    def _packaged_step(self) -> Any:
+        """The compiled step's runner when this step may use it (the cache still of its capacity,
+        nothing hooked, the weights unchanged), else None: the hookable forward."""
+        if self._package is None or self.cache.max_length != record_of(self._package).capacity:
+            return None
+        if not still_usable(self.model, self._package):
+            return None
+        return load_package(self._package)
 
     def _rng_state_now(self) -> torch.Tensor:
         """The generator's state, sharing the previous step's tensor when nothing was drawn since."""

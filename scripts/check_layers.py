@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("placement and loading", ["placement", "loading"]),
     ("analysis", ["analysis"]),
     ("sae", ["sae"]),
-    ("decoding", ["sampling", "generation", "batch_generation", "session", "fast"]),
+    ("decoding", ["sampling", "generation", "batch_generation", "session", "fast", "packaged"]),
     ("viz", ["viz"]),
     ("views and widgets", ["views", "widgets"]),
     ("entry points", ["notebook", "cli", "cli_generate", "__main__", "__init__"]),

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from llama3_lab import fast, packaged
 from llama3_lab.fast import FastDecoder
 from llama3_lab.generation import generate_tokens
 from llama3_lab.packaged import PackageError, build_package, record_of, usable_package
-
-from conftest import tiny_model
+from llama3_lab.session import Session
 
 PROMPT = [1, 5, 9, 3, 7]
 QUICK = {"freezing": True}  # the frozen-weights compile without max-autotune: same code path, faster
@@ -133,3 +133,39 @@ def test_the_decoder_refuses_a_package_of_another_batch(built):
     model, path = built
     with pytest.raises(PackageError, match="holds 64 positions for batch 1.*batch 2"):
         FastDecoder(model, 64, batch_size=2, package=path)
+
+
+def test_a_session_steps_with_the_package_and_records_the_same(built, monkeypatch):
+    model, path = built
+    calls = []
+    real = packaged.load_package
+    monkeypatch.setattr("llama3_lab.session.load_package", lambda p: calls.append(p) or real(p))
+    fast_session = Session(model, PROMPT, temperature=0)
+    exact = Session(model, PROMPT, temperature=0, fast=False)
+    assert fast_session.cache.max_length == 64  # the package's capacity
+    for a, b in zip(fast_session.step(10), exact.step(10)):
+        assert (a.token_id, a.position) == (b.token_id, b.position)
+        assert a.attention.shape == b.attention.shape  # [layers, heads, position]
+        torch.testing.assert_close(a.attention, b.attention, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.resid, b.resid, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+    assert calls and set(calls) == {path}
+    # rewind and fork keep working on the compiled step: the same tokens again
+    tokens = list(fast_session.tokens)
+    fast_session.rewind(4)
+    fast_session.step(4)
+    twin = fast_session.fork()
+    assert fast_session.tokens == tokens
+    assert [r.token_id for r in twin.step(3)] == [r.token_id for r in exact.step(3)]
+
+
+def test_a_hooked_session_step_is_the_hookable_forward(built):
+    model, _ = built
+    session = Session(model, PROMPT, temperature=0)
+    seen = []
+    with model.hooks([("blocks.1.hook_mlp_out", lambda x, hook: seen.append(x.shape))]):
+        hooked = session.step()
+    assert seen == [torch.Size([1, 1, model.cfg.hidden_size])]
+    exact = Session(model, PROMPT, temperature=0, fast=False).step()
+    assert torch.equal(hooked.logits, exact.logits)  # the exact path, to the bit
+    assert session.step().position == hooked.position + 1  # and the package again after it
