@@ -14,7 +14,9 @@ On the embedded SmolLM2-135M-Instruct in float32 on CPU (two torch threads), for
   cached tensors and their distinct megabytes on each side;
 - greedy generate of 32 new tokens (no stop token): peer tokens/s / ours (``generate_tokens`` with
   ``temperature=0``), and whether the tokens are ours. The bridge is run with its KV cache (its default)
-  and without it.
+  and without it: with transformer-lens 4.3.0 on transformers 5.24 its attention reads the cache from
+  ``past_key_values`` (or ``layer_past``), which transformers now passes as ``cache``, so nothing is
+  cached and every decode step attends to itself alone (other tokens from the second new one on).
 
 The peers load the Hugging Face directory our embedded model is converted into
 (``converted_model_dir``), so every side computes with the same float32 tensors; the tokenizer, which
