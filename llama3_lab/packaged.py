@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
 import time
 import weakref
 from collections.abc import Callable
@@ -63,6 +65,9 @@ INDUCTOR_CONFIGS: dict[str, Any] = {
     "max_autotune_gemm_backends": "CPP,ATEN",
 }
 """What a package is compiled with (the fast decoder's CPU compile: Inductor, max-autotune, frozen)."""
+
+QUICK_CONFIGS: dict[str, Any] = {"freezing": True}
+"""A quicker compile (no autotuning: seconds for a tiny model, a slower step): for tests and smoke runs."""
 
 
 class PackageError(RuntimeError):
@@ -219,6 +224,14 @@ def build_package(
             f"context ({model.cfg.max_position_embeddings}); e.g. capacity={DEFAULT_CAPACITY}."
         )
     FastDecoder(model, capacity, batch_size, compile=None).check_no_hooks()
+    compiler = os.environ.get("CXX") or next(
+        (name for name in ("c++", "g++", "clang++") if shutil.which(name)), None
+    )
+    if compiler is None or not shutil.which(compiler):
+        raise PackageError(
+            "compiling the decode step needs a C++ compiler (AOTInductor writes C++) and none was found: "
+            "install one (Debian/Ubuntu: apt-get install g++; macOS: xcode-select --install) or set CXX."
+        )
     record = _record_for(model, batch_size, capacity, current_fingerprint(model))
     path = package_path(record)
     if path.exists() and path.with_suffix(".json").exists() and not force:

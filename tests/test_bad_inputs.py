@@ -30,6 +30,7 @@ from llama3_lab.hook_points import HookNameError, HookReturnError
 from llama3_lab.kv_cache import KVCache
 from llama3_lab.loading import LoadError, load_model
 from llama3_lab.memory import MemoryBudgetError
+from llama3_lab.packaged import PackageError
 from llama3_lab.sampling import NonFiniteLogitsError
 from llama3_lab.session import Session
 
@@ -262,6 +263,24 @@ def fast_decoder_on_a_placed_model(scratch: Path) -> Any:
         _saved(scratch), device="cpu", progress=False, device_map=device_map, offload_folder=scratch / "off"
     )
     return FastDecoder(placed, max_length=16, compile=None)
+
+
+def generate_fast_misspelt(scratch: Path) -> Any:
+    return list(generate_tokens(MODEL, [1, 2, 3], 4, temperature=0, fast="yes"))
+
+
+def package_capacity_not_a_multiple_of_64(scratch: Path) -> Any:
+    from llama3_lab.packaged import build_package
+
+    return build_package(MODEL, capacity=50, echo=None)
+
+
+def package_corrupt(scratch: Path) -> Any:
+    from llama3_lab.packaged import load_package
+
+    broken = scratch / "decode-broken.pt2"
+    broken.write_bytes(b"PK truncated")
+    return load_package(broken)
 
 
 # -- trust on the loading side: corrupt converted models, non-finite and integer weights ----------------
@@ -676,6 +695,16 @@ CASES = [
     Case(filter_selects_nothing, HookNameError, r"false for every hook point", r"blocks\.0\.hook_resid_post"),
     Case(empty_names_list, HookNameError, r"\[\] selects no hook point", r"names_filter=None"),
     Case(fast_decoder_on_a_placed_model, FastPathError, r"placed over cpu, disk", r"eager path"),
+    Case(generate_fast_misspelt, GenerationError, r"fast='yes'", r"'auto' \(the default\), True, False"),
+    Case(
+        package_capacity_not_a_multiple_of_64, PackageError, r"capacity=50", r"multiple of 64.*capacity=512"
+    ),
+    Case(
+        package_corrupt,
+        PackageError,
+        r"decode-broken\.pt2 could not be loaded",
+        r"llama3-lab compile MODEL --force",
+    ),
     # -- trust on the loading side: corrupt converted models, non-finite and integer weights
     Case(
         converted_model_corrupt,

@@ -16,7 +16,7 @@ from llama3_lab.packaged import PackageError, build_package, record_of, usable_p
 from llama3_lab.session import Session
 
 PROMPT = [1, 5, 9, 3, 7]
-QUICK = {"freezing": True}  # the frozen-weights compile without max-autotune: same code path, faster
+QUICK = packaged.QUICK_CONFIGS  # the frozen-weights compile without max-autotune: same code path, faster
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +169,11 @@ def test_a_hooked_session_step_is_the_hookable_forward(built):
     exact = Session(model, PROMPT, temperature=0, fast=False).step()
     assert torch.equal(hooked.logits, exact.logits)  # the exact path, to the bit
     assert session.step().position == hooked.position + 1  # and the package again after it
+
+
+def test_no_cpp_compiler_is_a_clear_error(built, monkeypatch):
+    model, _ = built
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(packaged.shutil, "which", lambda name: None)
+    with pytest.raises(PackageError, match="needs a C\\+\\+ compiler.*apt-get install g\\+\\+"):
+        build_package(model, capacity=64, force=True, echo=None)
