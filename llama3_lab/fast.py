@@ -68,11 +68,16 @@ class DecodeStep(nn.Module):
     ln2, ln_final), the q/k/v/o projections, ``apply_rotary`` with the model's float32 RoPE tables,
     ``MLP``, ``unembed``; the block is the same ``h = x + attn(ln1(x)); out = h + mlp(ln2(h))``.
     Every shape is fixed by ``T_max``, so the step compiles once (``torch.compile``, AOTInductor).
+
+    ``unembed=False``: the step stops at the final norm and returns ``(final [B D], resid, pattern)``;
+    the caller unembeds (``packaged`` does for float32 on the CPU, where the eager blocked product
+    streams the vocabulary matrix twice as fast as the compiled one, measured).
     """
 
-    def __init__(self, model: LlamaModel, max_length: int) -> None:
+    def __init__(self, model: LlamaModel, max_length: int, unembed: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.unembed = unembed
         cos, sin = model.rope(0, max_length)  # the model's float32 tables [T d], one row per position
         self.register_buffer("cos", cos.clone(), persistent=False)
         self.register_buffer("sin", sin.clone(), persistent=False)
@@ -134,7 +139,10 @@ class DecodeStep(nn.Module):
             x = h + block.mlp(block.ln2(h))
             resid.append(x[:, -1])
             patterns.append(pattern)
-        logits = model.unembed(model.ln_final(x))[:, -1]  # [B V]
+        final = model.ln_final(x)[:, -1]  # [B D]
+        if not self.unembed:
+            return final, torch.stack(resid), torch.stack(patterns)
+        logits = model.unembed(final)  # [B V]
         return logits, logits.argmax(dim=-1), torch.stack(resid), torch.stack(patterns)
 
 
@@ -247,7 +255,7 @@ class FastDecoder:
 
     def _packaged_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
         """The step from a package built by ``packaged.build_package`` for this capacity and batch."""
-        from .packaged import PackageError, load_package, record_of
+        from .packaged import PackageError, packaged_step, record_of
 
         record = record_of(self.package)
         if (record.capacity, record.batch_size) != (self.cache.max_length, self.batch_size):
@@ -257,12 +265,10 @@ class FastDecoder:
                 f"this decoder has {self.cache.max_length} for batch {self.batch_size}: build it with "
                 f"max_length={record.capacity}, batch_size={record.batch_size}."
             )
-        runner = load_package(self.package)
+        step = packaged_step(self.model, self.package)
 
         def advance() -> tuple[torch.Tensor, torch.Tensor]:
-            logits, greedy, *_records = runner(
-                self._token, self._position, self.cache.keys, self.cache.values
-            )
+            logits, greedy, *_records = step(self._token, self._position, self.cache.keys, self.cache.values)
             self._token.copy_(greedy.view(-1, 1))
             self._position.add_(1)
             return logits, greedy

@@ -53,7 +53,7 @@ from .units import format_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from .model import LlamaModel
 
-FORMAT = 2
+FORMAT = 3
 """Bumped whenever ``DecodeStep``'s inputs, outputs or math change: older packages are then ignored."""
 
 DEFAULT_CAPACITY = 512
@@ -86,6 +86,7 @@ class PackageRecord:
     capacity: int
     config: str  # hash of the model's config
     weights: str  # fingerprint of the weights
+    unembed_inside: bool = True  # False: the step ends at the final norm, the caller unembeds
     build_seconds: float = 0.0
     weight_bytes: int = 0
 
@@ -134,6 +135,7 @@ def _record_for(model: LlamaModel, batch_size: int, capacity: int, weights: str)
         capacity=capacity,
         config=config_hash(model),
         weights=weights,
+        unembed_inside=model.dtype != torch.float32,  # float32: the eager blocked product is faster
     )
 
 
@@ -248,7 +250,7 @@ def build_package(
     say(f"compiling the decode step ({capacity} positions, batch {batch_size}); this takes a few minutes ...")
     start = time.perf_counter()
     cache = KVCache.allocate(model, batch_size=batch_size, max_length=capacity)
-    step = DecodeStep(model, capacity).eval()
+    step = DecodeStep(model, capacity, unembed=record.unembed_inside).eval()
     token = torch.zeros(batch_size, 1, dtype=torch.long)
     position = torch.zeros((), dtype=torch.long)
     from .hook_points import hide_context_hooks_from_compiler
@@ -332,7 +334,7 @@ _LOADED: dict[Path, Any] = {}
 
 def load_package(path: str | Path) -> Any:
     """The AOTInductor runner of a package (loaded once per process): ``runner(token, position, keys,
-    values) -> (logits, greedy)``."""
+    values)`` returns ``DecodeStep``'s outputs (see ``packaged_step`` for the logits)."""
     path = Path(path)
     if path in _LOADED:
         return _LOADED[path]
@@ -347,6 +349,22 @@ def load_package(path: str | Path) -> Any:
         ) from error
     _LOADED[path] = runner
     return runner
+
+
+def packaged_step(model: LlamaModel, path: str | Path) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``step(token, position, keys, values) -> (logits [B V], greedy [B], resid [L B D], pattern [L B H T])``
+    from a package; a float32 package ends at the final norm and the model's own ``unembed`` (the
+    blocked product of ``linear``, bit-identical to the eager one) makes the logits here."""
+    runner = load_package(path)
+    if record_of(path).unembed_inside:
+        return runner
+
+    def step(*inputs: Any) -> tuple[torch.Tensor, ...]:
+        final, resid, pattern = runner(*inputs)
+        logits = model.unembed(final)  # [B V]
+        return logits, logits.argmax(dim=-1), resid, pattern
+
+    return step
 
 
 def record_of(path: str | Path) -> PackageRecord:

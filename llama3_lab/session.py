@@ -25,7 +25,7 @@ from .analysis.tables import TopK, top_k_of_probs
 from .generation import Prompt, check_length, prompt_to_tokens, require_tokenizer, resolve_stop
 from .hook_points import context_hooks, get_act_name
 from .kv_cache import KVCache
-from .packaged import load_package, record_of, still_usable, usable_package
+from .packaged import packaged_step, record_of, still_usable, usable_package
 from .sampling import GenerationError, Sampling, make_generator, resolve_sampling, scaled_logits
 from .tokenizer import token_strings
 
@@ -417,7 +417,7 @@ class Session:
             return None
         if not still_usable(self.model, self._package):
             return None
-        return load_package(self._package)
+        return packaged_step(self.model, self._package)
 
     def _rng_state_now(self) -> torch.Tensor:
         """The generator's state, sharing the previous step's tensor when nothing was drawn since."""

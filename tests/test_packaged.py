@@ -139,7 +139,7 @@ def test_a_session_steps_with_the_package_and_records_the_same(built, monkeypatc
     model, path = built
     calls = []
     real = packaged.load_package
-    monkeypatch.setattr("llama3_lab.session.load_package", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(packaged, "load_package", lambda p: calls.append(p) or real(p))
     fast_session = Session(model, PROMPT, temperature=0)
     exact = Session(model, PROMPT, temperature=0, fast=False)
     assert fast_session.cache.max_length == 64  # the package's capacity
