@@ -383,6 +383,7 @@ class Session:
         if runner is None:
             with torch.no_grad(), self._capturing():
                 logits = self.model(last, cache=self.cache)[0, -1]
+            attention, resid = torch.stack(self._attention_rows), torch.stack(self._resid_rows)
         else:  # the compiled step: the same records, from its outputs (the query is at position - 1)
             with torch.inference_mode():
                 logits, _, resid, pattern = runner(
@@ -390,14 +391,14 @@ class Session:
                 )
             self.cache.length = position
             logits = logits[0]
-            self._attention_rows = list(pattern[:, 0, :, :position].clone())  # [L H T] -> L rows [H position]
-            self._resid_rows = list(resid[:, 0].clone())  # [L D]
+            attention = pattern[:, 0, :, :position].clone()  # [L H T] -> [L H position]
+            resid = resid[:, 0].clone()  # [L D]
         with torch.no_grad():
             if forced is None:
                 token = int(self.sampling.sample(logits, self.generator, position=position))
             else:
                 token = forced
-            record = self._record(position, token, logits, forced is not None)
+            record = self._record(position, token, logits, forced is not None, attention, resid)
         self.tokens.append(token)
         self.history.append(record)
         self._rng_states.append(rng_state)
@@ -434,7 +435,15 @@ class Session:
             self.history[index] = self.history[index].compact()
         self._n_compact = max(self._n_compact, len(self.history) - self.keep_full)
 
-    def _record(self, position: int, token: int, logits: torch.Tensor, forced: bool) -> StepRecord:
+    def _record(
+        self,
+        position: int,
+        token: int,
+        logits: torch.Tensor,
+        forced: bool,
+        attention: torch.Tensor,
+        resid: torch.Tensor,
+    ) -> StepRecord:
         temperature = self.temperature if self.temperature > 0 else 1.0
         log_probs = torch.log_softmax(scaled_logits(logits, temperature), dim=-1)
         probs = log_probs.exp()
@@ -446,8 +455,8 @@ class Session:
             prob=float(probs[token]),
             top_k=top_k_of_probs(probs, self.tokenizer, self.record_top_k).row(),
             entropy=float(entropy),
-            attention=torch.stack(self._attention_rows),
-            resid=torch.stack(self._resid_rows),
+            attention=attention,
+            resid=resid,
             logits=logits,
             forced=forced,
             _lens=functools.partial(_logit_lens, self.model),
