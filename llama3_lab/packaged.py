@@ -38,7 +38,7 @@ import shutil
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,7 @@ from .units import format_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from .model import LlamaModel
 
-FORMAT = 3
+FORMAT = 4
 """Bumped whenever ``DecodeStep``'s inputs, outputs or math change: older packages are then ignored."""
 
 DEFAULT_CAPACITY = 512
@@ -64,6 +64,7 @@ INDUCTOR_CONFIGS: dict[str, Any] = {
     "freezing": True,  # weights become constants, pre-packed for the matmul kernels
     "max_autotune": True,  # the CPU's C++ GEMM micro-kernels, timed against MKL per shape
     "max_autotune_gemm_backends": "CPP,ATEN",
+    "cpp.enable_concat_linear": True,  # q|k|v and gate|up as one product each: 1.22x the step, measured
 }
 """What a package is compiled with (the fast decoder's CPU compile: Inductor, max-autotune, frozen)."""
 
@@ -88,6 +89,7 @@ class PackageRecord:
     config: str  # hash of the model's config
     weights: str  # fingerprint of the weights
     unembed_inside: bool = True  # False: the step ends at the final norm, the caller unembeds
+    compiler: str = ""  # hash of the Inductor configs it was compiled with
     build_seconds: float = 0.0
     weight_bytes: int = 0
 
@@ -253,7 +255,9 @@ def build_package(
             "compiling the decode step needs a C++ compiler (AOTInductor writes C++) and none was found: "
             "install one (Debian/Ubuntu: apt-get install g++; macOS: xcode-select --install) or set CXX."
         )
-    record = _record_for(model, batch_size, capacity, current_fingerprint(model))
+    configs = INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs
+    compiler = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    record = replace(_record_for(model, batch_size, capacity, current_fingerprint(model)), compiler=compiler)
     path = package_path(record)
     if path.exists() and path.with_suffix(".json").exists() and not force:
         return path
@@ -283,7 +287,7 @@ def build_package(
                 torch._inductor.aoti_compile_and_package(
                     program,
                     package_path=str(built),
-                    inductor_configs=INDUCTOR_CONFIGS if inductor_configs is None else inductor_configs,
+                    inductor_configs=dict(configs),  # AOTInductor adds its own keys to the dict
                 )
                 built.replace(tmp)
             finally:
