@@ -224,21 +224,24 @@ def transformers_greedy(twin: Any, prompt: list[int], n: int) -> list[int]:
     return transformers_greedy_batch(twin, input_ids, torch.ones_like(input_ids), n)[0]
 
 
+def exactly_n_greedy(n: int) -> dict[str, Any]:
+    """transformers ``generate`` keywords for exactly ``n`` greedy tokens: no stop token, no sampling."""
+    return dict(
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
+
+
 def transformers_greedy_batch(twin: Any, ids: torch.Tensor, mask: torch.Tensor, n: int) -> list[list[int]]:
     """Exactly ``n`` greedy tokens per row from transformers ``generate`` on a (left-padded) batch."""
     with torch.inference_mode():
-        out = twin.generate(
-            ids,
-            attention_mask=mask.long(),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
+        out = twin.generate(ids, attention_mask=mask.long(), **exactly_n_greedy(n))
     return out[:, ids.shape[1] :].tolist()
 
 

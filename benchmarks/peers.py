@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import Spread, alternate, ratio_spread  # noqa: E402 - after the path set-up
+from benchmarks.common import Spread, alternate, exactly_n_greedy, ratio_spread  # noqa: E402 - after the path set-up
 
 EMBEDDED = "smollm2-135m-instruct"
 PROMPT = "Once upon a time, in a small village by the sea,"  # benchmarks/run.py's decode prompt
@@ -219,17 +219,7 @@ class NnsightPeer:
 
     def generate(self, prompt: list[int], n: int) -> list[int]:
         # exactly n tokens, as on our side: no stop token
-        with self.lm.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=n,
-            min_new_tokens=n,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        ) as tracer:
+        with self.lm.generate(torch.tensor([prompt]), **exactly_n_greedy(n)) as tracer:
             out = tracer.result.save()
         return out[0, len(prompt) :].tolist()
 
