@@ -70,8 +70,9 @@ class DecodeStep(nn.Module):
     Every shape is fixed by ``T_max``, so the step compiles once (``torch.compile``, AOTInductor).
 
     ``unembed=False``: the step stops at the final norm and returns ``(final [B D], resid, pattern)``;
-    the caller unembeds (``packaged`` does for float32 on the CPU, where the eager blocked product
-    streams the vocabulary matrix twice as fast as the compiled one, measured).
+    the caller unembeds (``packaged`` does for float32 on the CPU: the eager blocked product streams the
+    49152x576 matrix at 27-30 GB/s, 2.8 ms, measured alone; autotuning timed the compiled choices at
+    14 ms and more, on a busy host).
     """
 
     def __init__(self, model: LlamaModel, max_length: int, unembed: bool = True) -> None:
@@ -199,7 +200,8 @@ class FastDecoder:
         self.cache = KVCache.allocate(model, batch_size=batch_size, max_length=max(capacity, max_length))
         for tensor in self.cache.keys + self.cache.values:
             tensor.zero_()  # masked slots get weight 0, but 0 · NaN from uninitialised memory would be NaN
-        self.step_module = DecodeStep(model, self.cache.max_length)
+        # the step: the model's modules (eager, compiled in-process or graph-captured), or a package's
+        self.step_module: Callable[..., tuple[torch.Tensor, ...]] = DecodeStep(model, self.cache.max_length)
         self._token = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self._position = torch.zeros((), dtype=torch.long, device=self.device)
         self.position = 0  # host copy of the position of the next token to be fed
@@ -232,7 +234,8 @@ class FastDecoder:
 
     def _build_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
         if self.package is not None:
-            return self._packaged_advance()
+            self.step_module = self._packaged_step()
+            return self._advance_impl
         if self.compile is None:
             return self._advance_impl
         hide_context_hooks_from_compiler()  # the graph holds no hook; check_no_hooks runs before each step
@@ -253,8 +256,8 @@ class FastDecoder:
 
         return advance
 
-    def _packaged_advance(self) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-        """The step from a package built by ``packaged.build_package`` for this capacity and batch."""
+    def _packaged_step(self) -> Callable[..., tuple[torch.Tensor, ...]]:
+        """The step of a package built by ``packaged.build_package`` for this capacity and batch."""
         from .packaged import PackageError, packaged_step, record_of
 
         record = record_of(self.package)
@@ -265,15 +268,7 @@ class FastDecoder:
                 f"this decoder has {self.cache.max_length} for batch {self.batch_size}: build it with "
                 f"max_length={record.capacity}, batch_size={record.batch_size}."
             )
-        step = packaged_step(self.model, self.package)
-
-        def advance() -> tuple[torch.Tensor, torch.Tensor]:
-            logits, greedy, *_records = step(self._token, self._position, self.cache.keys, self.cache.values)
-            self._token.copy_(greedy.view(-1, 1))
-            self._position.add_(1)
-            return logits, greedy
-
-        return advance
+        return packaged_step(self.model, self.package)
 
     def _run_advance(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.position >= self.max_length:

@@ -11,8 +11,8 @@ the blocks on all threads:
 
 Each output element is still one dot product of a row of W with x, and MKL computes it with the same
 kernel either way, so the result is **bit-identical** to ``F.linear`` (measured for the model's
-shapes, column-major as the loaders keep them, for 1 to 32 rows; row-major weights with 5-7 or 9-11
-rows are not, MKL then picks other kernels).
+shapes, column-major as the loaders keep them, with 1-4, 8, 12-16 and 32 rows; with 5 rows it is not,
+nor row-major with 5-7 or 9-11: MKL then picks other kernels).
 Because that is a property of the BLAS build and the CPU, not a promise, the first product of each
 shape on a machine is computed both ways and compared; a shape whose bits differ stays on
 ``F.linear``. So hooks see exactly what they saw before, and the model stays equal to transformers.
@@ -29,7 +29,7 @@ from torch import nn
 
 MAX_ROWS = 16
 """Products of at most this many rows (batch × positions: decode steps, short prompts) take the blocked
-path (measured on two cores, column-major weights: 1.2x faster at 1 row, 1.5x at 2-8, 1.2x at 16)."""
+path (measured on two cores, column-major weights: 1.2x faster at 1 row, 1.3-1.6x at 2-8, 1.2x at 16)."""
 
 BLOCKS_PER_THREAD = 4
 """Row blocks per torch thread: more blocks than threads balance the load (4 measured best of 1, 2, 4)."""

@@ -224,6 +224,7 @@ class Session:
         limit = model.cfg.max_position_embeddings
         capacity = max_length or len(self.tokens) + 256  # grows (doubling) when the steps outrun it
         self._package = usable_package(model, max_length or len(self.tokens) + 1) if fast else None
+        self._package_step: Any = None  # its runner, loaded at the first step that uses it
         if self._package is not None:  # the compiled step needs a cache of the capacity it was built for
             capacity = record_of(self._package).capacity
         self.cache = KVCache.allocate(model, 1, max_length=min(limit, max(capacity, len(self.tokens))))
@@ -418,7 +419,9 @@ class Session:
             return None
         if not still_usable(self.model, self._package):
             return None
-        return packaged_step(self.model, self._package)
+        if self._package_step is None:
+            self._package_step = packaged_step(self.model, self._package)
+        return self._package_step
 
     def _rng_state_now(self) -> torch.Tensor:
         """The generator's state, sharing the previous step's tensor when nothing was drawn since."""
