@@ -20,7 +20,8 @@ of this holds, and otherwise decode with the model's own hookable forward, as be
   at least prompt + new tokens;
 - the weights are the ones it was built from: a fingerprint of every parameter's bytes is compared
   once per model object, and afterwards each parameter's identity and in-place version counter (an
-  edited or replaced weight falls back to the eager path);
+  edited or replaced weight, or a replaced module, falls back to the eager path; the module tree is
+  walked again only after torch's registration hooks saw a module or parameter set anywhere);
 - its frozen weights, a second copy of the model's, fit in the free memory (they are loaded on first
   use, never at ``load_model``).
 
@@ -174,15 +175,42 @@ class _Weights:
 
 _WEIGHTS: weakref.WeakKeyDictionary[Any, _Weights] = weakref.WeakKeyDictionary()
 
+_tree_edits = 0
+"""Bumped whenever any module anywhere gains a submodule or a parameter (``setattr``, ``add_module``,
+``register_parameter``: torch's global registration hooks), so a module tree walked once stays valid
+until then."""
+
+_TREES: weakref.WeakKeyDictionary[Any, tuple[int, list[torch.nn.Module]]] = weakref.WeakKeyDictionary()
+
+
+def _count_tree_edit(*_args: Any) -> None:
+    global _tree_edits
+    _tree_edits += 1
+
+
+def _watch_tree_edits() -> None:
+    from torch.nn.modules import module as torch_module
+
+    if _count_tree_edit not in torch_module._global_module_registration_hooks.values():
+        torch_module.register_module_module_registration_hook(_count_tree_edit)
+        torch_module.register_module_parameter_registration_hook(_count_tree_edit)
+
 
 def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every module of the tree, walked through ``_modules`` directly (``modules()`` is ~5x slower, and
-    a Session asks before every step)."""
+    """Every module of the tree: walked once, then reused until a module is added or replaced anywhere.
+
+    A Session asks before every step (the walk costs ~0.3 ms for SmolLM2's 1,033 modules, hook points
+    included). Walked through ``_modules`` directly (``modules()`` is ~5x slower)."""
+    _watch_tree_edits()
+    known = _TREES.get(model)
+    if known is not None and known[0] == _tree_edits:
+        return known[1]
     found, stack = [], [model]
     while stack:
         module = stack.pop()
         found.append(module)
         stack.extend(child for child in module._modules.values() if child is not None)
+    _TREES[model] = (_tree_edits, found)
     return found
 
 
@@ -191,7 +219,7 @@ def _param_state(model: LlamaModel) -> tuple[tuple[int, int, int], ...]:
     seen: set[int] = set()
     state = []
     for module in _all_modules(model):
-        for p in module._parameters.values():
+        for p in module._parameters.values():  # read every step: a dict edit past setattr shows too
             if p is not None and id(p) not in seen:  # tied weights once
                 seen.add(id(p))
                 state.append((id(p), p._version, p.data_ptr()))

@@ -96,6 +96,44 @@ def test_edited_weights_are_not_decoded_with_the_frozen_ones(built):
     assert usable_package(model, 30) == path  # the same bytes again: fingerprinted anew, usable
 
 
+def test_a_replaced_module_or_parameter_mid_session_leaves_the_package(built):
+    """The module tree is walked once and reused; replacing a module or a parameter (setattr, a direct
+    ``_parameters`` edit) or hooking a module between two steps must still be seen at the next step."""
+    model, path = built
+    session, exact = Session(model, PROMPT, temperature=0), Session(model, PROMPT, temperature=0, fast=False)
+    session.step(2), exact.step(2)
+    unedited = session.step().logits
+    session.rewind(1)
+    assert packaged.still_usable(model, path)
+    mlp = model.blocks[1].mlp
+    halved = type(mlp.down_proj)(mlp.down_proj.in_features, mlp.down_proj.out_features, bias=False)
+    with torch.no_grad():
+        halved.weight.copy_(mlp.down_proj.weight * 0.5)
+    original, weight = mlp.down_proj, mlp.down_proj.weight
+    edits = [
+        lambda: setattr(mlp, "down_proj", halved),  # a module replaced
+        lambda: setattr(original, "weight", torch.nn.Parameter(halved.weight.detach().clone())),
+        lambda: original._parameters.__setitem__("weight", torch.nn.Parameter(halved.weight.detach())),
+    ]
+    try:
+        for edit in edits:
+            edit()
+            assert not packaged.still_usable(model, path)
+            record, expected = session.step(), exact.step()  # the hookable forward on the edited model
+            torch.testing.assert_close(record.logits, expected.logits, rtol=1e-4, atol=1e-4)
+            assert not torch.allclose(record.logits, unedited, atol=1e-3)  # not the frozen weights'
+            session.rewind(1), exact.rewind(1)
+            mlp.down_proj = original
+            original.weight = weight
+            assert packaged.still_usable(model, path)
+        handle = model.blocks[0].attn.register_forward_hook(lambda *args: None)
+        assert not packaged.still_usable(model, path)
+        handle.remove()
+        assert packaged.still_usable(model, path)
+    finally:
+        mlp.down_proj, original.weight = original, weight
+
+
 def test_another_models_weights_do_not_match(built):
     assert usable_package(tiny_model(seed=4), 30) is None
 
