@@ -139,7 +139,7 @@ def _record_for(model: LlamaModel, batch_size: int, capacity: int, weights: str)
         capacity=capacity,
         config=config_hash(model),
         weights=weights,
-        unembed_inside=model.dtype != torch.float32,  # float32: the eager blocked product is faster
+        unembed_inside=model.dtype != torch.float32,  # float32: the eager blocked product is faster (fast.py)
     )
 
 
