@@ -896,7 +896,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
-        "--output", default=None, help="results file (default: benchmarks/RESULTS.md, not with --quick)"
+        "--output",
+        default=None,
+        help="results file (default: benchmarks/RESULTS.md, for a full run without --quick)",
     )
     parser.add_argument("--json", default=None, help="also write every figure as JSON here")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
@@ -938,7 +940,11 @@ def main(argv: list[str] | None = None) -> None:
     text = render(results, info, opts)
     print()
     print(text)
-    output = args.output or (None if opts.quick else str(Path(__file__).resolve().parent / "RESULTS.md"))
+    partial = set(opts.phases) != set(PHASES)  # a subset must not replace the whole run's section
+    default = None if opts.quick or partial else str(Path(__file__).resolve().parent / "RESULTS.md")
+    output = args.output or default
+    if output is None and partial and not opts.quick:
+        print("\n(a subset of the phases: RESULTS.md left as it is; --output FILE writes this run)")
     if output:
         write_section(f"run-{torch.device(opts.device).type}", text, Path(output))
         print(f"\nwritten to {output}")

@@ -204,13 +204,13 @@ def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     _watch_tree_edits()
     known = _TREES.get(model)
     if known is not None and known[0] == _tree_edits:
-        return known[1]
+        return [model, *known[1]]
     found, stack = [], [model]
     while stack:
         module = stack.pop()
         found.append(module)
         stack.extend(child for child in module._modules.values() if child is not None)
-    _TREES[model] = (_tree_edits, found)
+    _TREES[model] = (_tree_edits, found[1:])  # not the model itself: a weak key its value held would never go
     return found
 
 

@@ -5,6 +5,9 @@ One AOTInductor build of a tiny model (~15 s, a quick compile without max-autotu
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -132,6 +135,16 @@ def test_a_replaced_module_or_parameter_mid_session_leaves_the_package(built):
         assert packaged.still_usable(model, path)
     finally:
         mlp.down_proj, original.weight = original, weight
+
+
+def test_a_model_checked_for_a_package_is_still_freed(built):
+    """The per-model caches (fingerprint, module tree) hold their model weakly."""
+    model = tiny_model(seed=3)  # the built package's weights
+    assert usable_package(model, 30) is not None and packaged.still_usable(model, built[1])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 def test_another_models_weights_do_not_match(built):
