@@ -177,10 +177,18 @@ _WEIGHTS: weakref.WeakKeyDictionary[Any, _Weights] = weakref.WeakKeyDictionary()
 
 _tree_edits = 0
 """Bumped whenever any module anywhere gains a submodule or a parameter (``setattr``, ``add_module``,
-``register_parameter``: torch's global registration hooks), so a module tree walked once stays valid
-until then."""
+``register_parameter``: torch's global registration hooks)."""
 
-_TREES: weakref.WeakKeyDictionary[Any, tuple[int, list[torch.nn.Module]]] = weakref.WeakKeyDictionary()
+
+@dataclass
+class _Tree:
+    edits: int  # _tree_edits when walked
+    modules: list[torch.nn.Module]  # every module but the root (a weak key its value held would never go)
+    containers: list[torch.nn.Module]  # those of them with children, when walked
+    shape: list[tuple[int, int]]  # (id, len) of the root's ``_modules`` dict, then each container's
+
+
+_TREES: weakref.WeakKeyDictionary[Any, _Tree] = weakref.WeakKeyDictionary()
 
 
 def _count_tree_edit(*_args: Any) -> None:
@@ -197,38 +205,48 @@ def _watch_tree_edits() -> None:
 
 
 def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every module of the tree: walked once, then reused until a module is added or replaced anywhere.
+    """Every module of the tree: walked once, then reused while nothing was registered anywhere (torch's
+    registration hooks) and every module's ``_modules`` dict is the same dict with as many entries.
 
-    A Session asks before every step (the walk costs ~0.3 ms for SmolLM2's 1,033 modules, hook points
-    included). Walked through ``_modules`` directly (``modules()`` is ~5x slower)."""
+    The second check catches what bypasses registration: ``del module.child``, ``ModuleList`` deletion,
+    ``pop`` and ``insert`` (they rebuild or edit ``_modules`` directly). A Session asks before every
+    step: the walk costs ~0.3 ms for SmolLM2's 1,033 modules (hook points included), the check of its
+    155 modules with children ~0.03 ms.
+    """
     _watch_tree_edits()
     known = _TREES.get(model)
-    if known is not None and known[0] == _tree_edits:
-        return [model, *known[1]]
+    if known is not None and known.edits == _tree_edits:
+        if list(map(_children_key, [model, *known.containers])) == known.shape:
+            return [model, *known.modules]
     found, stack = [], [model]
     while stack:
         module = stack.pop()
         found.append(module)
         stack.extend(child for child in module._modules.values() if child is not None)
-    _TREES[model] = (_tree_edits, found[1:])  # not the model itself: a weak key its value held would never go
+    containers = [m for m in found[1:] if m._modules]  # a leaf gains children only through add_module
+    _TREES[model] = _Tree(_tree_edits, found[1:], containers, list(map(_children_key, [model, *containers])))
     return found
 
 
-def _param_state(model: LlamaModel) -> tuple[tuple[int, int, int], ...]:
-    """(identity, version counter, data pointer) of every parameter: any edit changes one of them."""
-    seen: set[int] = set()
-    state = []
-    for module in _all_modules(model):
-        for p in module._parameters.values():  # read every step: a dict edit past setattr shows too
-            if p is not None and id(p) not in seen:  # tied weights once
-                seen.add(id(p))
-                state.append((id(p), p._version, p.data_ptr()))
-    return tuple(state)
+def _children_key(module: torch.nn.Module) -> tuple[int, int]:
+    return id(module._modules), len(module._modules)
 
 
-def current_fingerprint(model: LlamaModel) -> str:
-    """The model's weights fingerprint, recomputed only when a parameter was replaced or edited in place."""
-    state = _param_state(model)
+def _param_state(modules: list[torch.nn.Module]) -> tuple[tuple[int, int, int], ...]:
+    """(identity, version counter, data pointer) of every parameter where it sits in the tree (a tied
+    or reused one at each place: a module inserted twice changes the state): any edit changes it."""
+    return tuple(
+        (id(p), p._version, p.data_ptr())
+        for module in modules
+        for p in module._parameters.values()  # read every step: a dict edit past setattr shows too
+        if p is not None
+    )
+
+
+def current_fingerprint(model: LlamaModel, modules: list[torch.nn.Module] | None = None) -> str:
+    """The model's weights fingerprint, recomputed only when a parameter was replaced or edited in place
+    (``modules``: ``_all_modules(model)`` if the caller has it)."""
+    state = _param_state(_all_modules(model) if modules is None else modules)
     known = _WEIGHTS.get(model)
     if known is None or known.state != state:
         known = _Weights(weights_fingerprint(model), state)
@@ -367,9 +385,10 @@ def usable_package(model: LlamaModel, length: int, batch_size: int = 1) -> Path 
 def still_usable(model: LlamaModel, path: Path) -> bool:
     """Whether the package ``usable_package`` gave for ``model`` may still decode its next step: nothing
     hooked since, and the weights unchanged (identity and version counters; rehashed only if edited)."""
-    if _anything_hooked(model):
+    modules = _all_modules(model)  # once for both questions
+    if any_hook_would_run(modules):
         return False
-    return record_of(path).weights == current_fingerprint(model)
+    return record_of(path).weights == current_fingerprint(model, modules)
 
 
 def _anything_hooked(model: LlamaModel) -> bool:

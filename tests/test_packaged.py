@@ -101,7 +101,8 @@ def test_edited_weights_are_not_decoded_with_the_frozen_ones(built):
 
 def test_a_replaced_module_or_parameter_mid_session_leaves_the_package(built):
     """The module tree is walked once and reused; replacing a module or a parameter (setattr, a direct
-    ``_parameters`` edit) or hooking a module between two steps must still be seen at the next step."""
+    ``_parameters`` edit), deleting or inserting a layer, or hooking a module between two steps must
+    still be seen at the next step."""
     model, path = built
     session, exact = Session(model, PROMPT, temperature=0), Session(model, PROMPT, temperature=0, fast=False)
     session.step(2), exact.step(2)
@@ -112,7 +113,7 @@ def test_a_replaced_module_or_parameter_mid_session_leaves_the_package(built):
     halved = type(mlp.down_proj)(mlp.down_proj.in_features, mlp.down_proj.out_features, bias=False)
     with torch.no_grad():
         halved.weight.copy_(mlp.down_proj.weight * 0.5)
-    original, weight = mlp.down_proj, mlp.down_proj.weight
+    original, weight, layers = mlp.down_proj, mlp.down_proj.weight, list(model.blocks)
     edits = [
         lambda: setattr(mlp, "down_proj", halved),  # a module replaced
         lambda: setattr(original, "weight", torch.nn.Parameter(halved.weight.detach().clone())),
@@ -129,12 +130,27 @@ def test_a_replaced_module_or_parameter_mid_session_leaves_the_package(built):
             mlp.down_proj = original
             original.weight = weight
             assert packaged.still_usable(model, path)
+        # what bypasses torch's registration hooks: a layer deleted, one inserted, a child deleted
+        block = model.blocks[1]
+        del model.blocks[1]
+        assert not packaged.still_usable(model, path)
+        model.blocks.insert(1, block)
+        assert packaged.still_usable(model, path)
+        model.blocks.insert(1, block)  # the same layer twice: as many parameters, one more layer
+        assert not packaged.still_usable(model, path)
+        del model.blocks[1]
+        assert packaged.still_usable(model, path)
+        del mlp.down_proj
+        assert not packaged.still_usable(model, path)
+        mlp.down_proj = original
+        assert packaged.still_usable(model, path)
         handle = model.blocks[0].attn.register_forward_hook(lambda *args: None)
         assert not packaged.still_usable(model, path)
         handle.remove()
         assert packaged.still_usable(model, path)
     finally:
         mlp.down_proj, original.weight = original, weight
+        model.blocks = torch.nn.ModuleList(layers)
 
 
 def test_a_model_checked_for_a_package_is_still_freed(built):
