@@ -7,7 +7,7 @@ STAMP := $(VENV)/.llama3-lab-installed
 NOTEBOOKS ?= notebooks
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup assets lab test lint unit notebooks browser refresh-notebooks bench clean-venv
+.PHONY: setup assets compiled lab test lint unit notebooks browser refresh-notebooks bench clean-venv
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -23,7 +23,13 @@ assets: setup
 LAB_ARGS ?=
 ROOT_ARG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-lab: assets
+# The decode step compiled once for this machine (llama3-lab compile: about two minutes on two cores the first
+# time, then found in the cache in seconds); generate, chat and Session use it by default. Where it cannot be
+# built (no C++ compiler, a GPU, too little memory) it says why and generation takes the hookable path.
+compiled: assets
+	$(PY) -m llama3_lab compile --at-setup
+
+lab: compiled
 	$(PY) -m jupyter lab --notebook-dir=$(NOTEBOOKS) $(ROOT_ARG) $(LAB_ARGS)
 
 lint: setup

@@ -305,9 +305,11 @@ def build_package(
     compiler = hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:12]
     record = replace(_record_for(model, batch_size, capacity, current_fingerprint(model)), compiler=compiler)
     path = package_path(record)
-    if path.exists() and path.with_suffix(".json").exists() and not force:
-        return path
     say = echo or (lambda _text: None)
+    if path.exists() and path.with_suffix(".json").exists() and not force:
+        size = format_bytes(path.stat().st_size)
+        say(f"already compiled for this model, torch and CPU ({size}; --force rebuilds)")
+        return path
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     needed = 3 * weight_bytes  # the model, the frozen copy, the compiler's working copies
     free = free_memory_bytes("cpu")

@@ -244,3 +244,35 @@ def test_no_cpp_compiler_is_a_clear_error(built, monkeypatch):
     monkeypatch.setattr(packaged.shutil, "which", lambda name: None)
     with pytest.raises(PackageError, match="needs a C\\+\\+ compiler.*apt-get install g\\+\\+"):
         build_package(model, capacity=64, force=True, echo=None)
+
+
+def test_compile_at_setup_says_why_it_builds_nothing(built, monkeypatch, capsys):
+    """``make lab`` runs ``llama3-lab compile --at-setup``: where no package can be built, a reason and
+    exit 0 (the lab still starts); without ``--at-setup`` the same is an error (exit 2)."""
+    import llama3_lab.loading
+    from llama3_lab import cli
+
+    model, _ = built
+    monkeypatch.setattr(llama3_lab.loading, "load_model", lambda *a, **k: model)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(packaged.shutil, "which", lambda name: None)
+    assert cli.main(["compile", "tiny", "--max-length", "64", "--force", "--at-setup"]) == 0
+    err = capsys.readouterr().err
+    assert "no compiled decode step: compiling the decode step needs a C++ compiler" in err
+    assert "hookable path" in err
+    assert cli.main(["compile", "tiny", "--max-length", "64", "--force"]) == 2
+    assert "error: compiling the decode step needs a C++ compiler" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.main(["compile", "tiny", "--at-setup"]) == 0
+    assert "a CUDA GPU is here" in capsys.readouterr().err
+
+
+def test_compile_at_setup_finds_the_built_package(built, monkeypatch, capsys):
+    import llama3_lab.loading
+    from llama3_lab import cli
+
+    model, path = built
+    monkeypatch.setattr(llama3_lab.loading, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(packaged, "INDUCTOR_CONFIGS", QUICK)  # the configs `built` was compiled with
+    assert cli.main(["compile", "tiny", "--max-length", "64", "--at-setup"]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
