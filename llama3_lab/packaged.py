@@ -20,8 +20,9 @@ of this holds, and otherwise decode with the model's own hookable forward, as be
   at least prompt + new tokens;
 - the weights are the ones it was built from: a fingerprint of every parameter's bytes is compared
   once per model object, and afterwards each parameter's identity and in-place version counter (an
-  edited or replaced weight, or a replaced module, falls back to the eager path; the module tree is
-  walked again only after torch's registration hooks saw a module or parameter set anywhere);
+  edited or replaced weight, or a replaced, deleted or inserted module, falls back to the eager path;
+  the module tree is walked again when torch's registration hooks saw a module or parameter set
+  anywhere, or when a module's children changed);
 - its frozen weights, a second copy of the model's, fit in the free memory (they are loaded on first
   use, never at ``load_model``).
 
@@ -206,7 +207,8 @@ def _watch_tree_edits() -> None:
 
 def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Every module of the tree: walked once, then reused while nothing was registered anywhere (torch's
-    registration hooks) and every module's ``_modules`` dict is the same dict with as many entries.
+    registration hooks) and the root's and every container's ``_modules`` dict is the same dict with as
+    many entries.
 
     The second check catches what bypasses registration: ``del module.child``, ``ModuleList`` deletion,
     ``pop`` and ``insert`` (they rebuild or edit ``_modules`` directly). A Session asks before every
