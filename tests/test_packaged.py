@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+import zipfile
 
 import pytest
 import torch
@@ -51,6 +52,17 @@ def test_the_package_is_recorded_and_found(built, home):
     assert usable_package(model, 65) is None  # more positions than the package holds
     # built again: the same file is kept, nothing recompiled
     assert build_package(model, capacity=64, inductor_configs=QUICK, echo=None) == path
+
+
+def test_a_float32_package_keeps_projection_and_residual_add_apart(built):
+    """Freezing would fuse o_proj/down_proj with the residual add into oneDNN's linear+add, 1.38x slower
+    per step (measured); the package is built without that fusion."""
+    _model, path = built
+    with zipfile.ZipFile(path) as package:
+        wrappers = [name for name in package.namelist() if name.endswith(".wrapper.cpp")]
+        code = package.read(wrappers[0]).decode()
+    assert "_linear_pointwise_binary" not in code
+    assert record_of(path).compiler == packaged._compiler_key(QUICK, torch.float32)
 
 
 def test_generate_uses_the_package_by_default_with_the_eager_tokens(built):
