@@ -104,8 +104,8 @@ def add_cli_commands(subparsers: Any) -> None:
         "compile",
         help="compile a model's decode step once (minutes) into the cache; generate then uses it by default",
         description="Build the ahead-of-time compiled decode step (AOTInductor, CPU) that generate, chat "
-        "and model.generate use by default when nothing is hooked: 1.6-1.9x transformers' decoding "
-        "on a 2-core CPU (benchmarks/RESULTS.md), loaded in seconds.",
+        "and model.generate use by default when nothing is hooked: 2.3x transformers' decoding "
+        "in the run in benchmarks/RESULTS.md (a shared 2-core CPU), loaded in seconds.",
     )
     p.add_argument(
         "model",

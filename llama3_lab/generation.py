@@ -424,7 +424,7 @@ def generate(
     decoded. Hooks active on the model (``with model.hooks(...)``) act on every forward.
 
     ``fast``: ``"auto"`` (default) decodes with the step compiled ahead of time by ``llama3-lab
-    compile`` (``llama3_lab.packaged``: same greedy tokens, 1.6-1.9x transformers on a 2-core CPU,
+    compile`` (``llama3_lab.packaged``: same greedy tokens, 2.3x transformers on a 2-core CPU,
     measured; loads in a few seconds) when one was built for this model and nothing is hooked, else
     with the hookable forward; ``False`` always the hookable forward; ``True`` the package or, without
     one, ``llama3_lab.fast`` compiled in this process (a fixed-shape step, compiled on CPU or captured
