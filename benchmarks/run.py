@@ -393,7 +393,7 @@ def phase_decode(opts: Options) -> PhaseResult:
         Row(
             "decode",
             f"memory bandwidth, measured in each repetition beside its decodes (best of "
-            f"{BANDWIDTH_PASSES if not opts.quick else 3} passes over {bandwidth_buffer(opts) >> 20} MiB)",
+            f"{bandwidth_passes(opts)} passes over {bandwidth_buffer(opts) >> 20} MiB)",
             f"{bandwidth:.1f} GB/s (range {min(bandwidths):.1f}-{max(bandwidths):.1f}) → limit "
             f"{limit:.0f} tok/s ({n_bytes / 1e6:.0f} MB of weights per token)",
         )
@@ -465,7 +465,8 @@ def phase_decode(opts: Options) -> PhaseResult:
     return result
 
 
-BANDWIDTH_PASSES = 5
+def bandwidth_passes(opts: Options) -> int:
+    return 3 if opts.quick else 5
 
 
 def bandwidth_buffer(opts: Options) -> int:
@@ -478,10 +479,9 @@ def paired_bandwidth(opts: Options) -> tuple[list[float], Callable[[], None]]:
     host's bandwidth moved from 33 to 61 GB/s within one run, so one best-of figure for the whole
     phase would be the best moment's, not the decodes')."""
     found: list[float] = []
-    passes = 3 if opts.quick else BANDWIDTH_PASSES
 
     def measure() -> None:
-        found.append(read_bandwidth_gbps(opts.device, bandwidth_buffer(opts), repeats=passes))
+        found.append(read_bandwidth_gbps(opts.device, bandwidth_buffer(opts), repeats=bandwidth_passes(opts)))
 
     return found, measure
 

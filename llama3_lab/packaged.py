@@ -78,18 +78,19 @@ QUICK_CONFIGS: dict[str, Any] = {"freezing": True}
 def _compiler_key(configs: dict[str, Any], dtype: torch.dtype) -> str:
     """The part of a package's key that says how it was compiled: the Inductor configs, and whether the
     projection + residual add fusion was kept out (``_no_linear_add_fusion``)."""
-    unfused = dtype == torch.float32 and _linear_add_check() is not None
+    unfused = dtype == torch.float32 and _fusion_pass() is not None
     text = json.dumps({**configs, "llama3_lab.unfused_linear_add": unfused}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _linear_add_check() -> Any:
-    """Inductor's check for fusing a computation with the add after it, or None if this torch has none."""
+def _fusion_pass() -> Any:
+    """Inductor's oneDNN fusion pass, if it has the check (``_is_valid_binary``) for fusing a computation
+    with the add after it; None otherwise."""
     try:
         from torch._inductor.fx_passes import mkldnn_fusion
     except ImportError:  # pragma: no cover - every torch this package supports has it
         return None
-    return getattr(mkldnn_fusion, "_is_valid_binary", None)
+    return mkldnn_fusion if hasattr(mkldnn_fusion, "_is_valid_binary") else None
 
 
 @contextmanager
@@ -97,19 +98,19 @@ def _no_linear_add_fusion(dtype: torch.dtype) -> Iterator[None]:
     """While compiling a float32 step: no fusion of a projection with the residual add after it.
 
     Freezing turns ``o_proj(z) + x`` and ``down_proj(·) + h`` into oneDNN's linear+add
-    (``mkldnn._linear_pointwise.binary``), which streams a one-row float32 product at 14-18 GB/s here
-    (measured against 19-24 GB/s for the eager blocked product); unfused, the projections become the
-    C++ GEMM templates that max-autotune picks for the other projections (46-53 GB/s at a quiet
-    moment), and the add fuses into the next kernel. Measured: the float32 package's greedy loop at 52.2
-    against 38.2 tok/s (1.38x, 8 alternated runs, same tokens). A private Inductor check, so where a
-    torch has none, nothing is changed (and the package key says so).
+    (``mkldnn._linear_pointwise.binary``), which streamed a one-row float32 product at 14-18 GB/s here
+    (a microbenchmark with unpacked weights, against 19-24 GB/s for the eager blocked product);
+    unfused, the projections become the C++ GEMM templates that max-autotune picks for the other
+    projections (46-53 GB/s at a quiet moment), and the add fuses into the next kernel. Measured: the
+    float32 package's greedy loop at 52.2 against 38.2 tok/s (1.38x, 8 alternated runs, same tokens).
+    A private Inductor check, so where a torch has none, nothing is changed (and the package key says
+    so).
     """
-    real = _linear_add_check()
-    if dtype != torch.float32 or real is None:
+    mkldnn_fusion = _fusion_pass()
+    if dtype != torch.float32 or mkldnn_fusion is None:
         yield
         return
-    from torch._inductor.fx_passes import mkldnn_fusion
-
+    real = mkldnn_fusion._is_valid_binary
     linear = torch.ops.mkldnn._linear_pointwise.default
 
     def check(match: Any, computation_op: Any, binary_op: Any) -> bool:
@@ -139,7 +140,7 @@ class PackageRecord:
     config: str  # hash of the model's config
     weights: str  # fingerprint of the weights
     unembed_inside: bool = True  # False: the step ends at the final norm, the caller unembeds
-    compiler: str = ""  # hash of the Inductor configs it was compiled with
+    compiler: str = ""  # how it was compiled: hash of the Inductor configs and fusions (_compiler_key)
     build_seconds: float = 0.0
     weight_bytes: int = 0
 
