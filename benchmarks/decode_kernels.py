@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/decode_kernels.py [--dtype float32] [--capacity 512] [--steps 20]
 
-Compiles ``fast.DecodeStep`` of the embedded SmolLM2-135M in this process with the package's Inductor
-configs (``packaged.INDUCTOR_CONFIGS``: what ``llama3-lab compile`` builds, 2-4 minutes on two cores),
+Compiles the package's step of the embedded SmolLM2-135M (``packaged.step_to_compile``; float32 ends at
+the final norm) in this process the way a package is compiled (``packaged.INDUCTOR_CONFIGS`` and, for
+float32, no projection + add fusion: what ``llama3-lab compile`` builds, 2-4 minutes on two cores),
 with Inductor's per-kernel profiling on, and times ``--steps`` steps under ``torch.profiler``. Prints
 each kernel's mean time per step and, for the matrix products (``gemm_m{rows}n{N}k{K}``), the rate at
 which it streams its weight matrix, beside an all-thread ``torch.sum`` over 1 GB measured just before
@@ -43,22 +44,25 @@ def main() -> None:
     import torch._inductor.config as inductor_config
     from torch.profiler import ProfilerActivity, profile
 
-    from llama3_lab.fast import DecodeStep
     from llama3_lab.hook_points import hide_context_hooks_from_compiler
     from llama3_lab.kv_cache import KVCache
     from llama3_lab.loading import load_model
-    from llama3_lab.packaged import INDUCTOR_CONFIGS
+    from llama3_lab.packaged import INDUCTOR_CONFIGS, _no_linear_add_fusion, step_to_compile
 
     dtype = getattr(torch, args.dtype)
     model = load_model("smollm2-135m-instruct", device="cpu", dtype=dtype, progress=False)
     hide_context_hooks_from_compiler()
-    step = DecodeStep(model, args.capacity).eval()
+    step = step_to_compile(model, args.capacity)  # what a package compiles (float32: no unembedding)
     cache = KVCache.allocate(model, batch_size=1, max_length=args.capacity)
     for tensor in cache.keys + cache.values:
         tensor.zero_()
     token, position = torch.tensor([[42]]), torch.tensor(args.capacity // 4)
     inductor_config.cpp.enable_kernel_profile = True
-    with torch.inference_mode(), inductor_config.patch(dict(INDUCTOR_CONFIGS)):
+    with (
+        torch.inference_mode(),
+        inductor_config.patch(dict(INDUCTOR_CONFIGS)),
+        _no_linear_add_fusion(dtype),
+    ):
         compiled = torch.compile(step, fullgraph=True, dynamic=False)
         print("compiling (the package's configs: max-autotune, frozen weights) ...", flush=True)
         for _ in range(3):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import LLAMA3_SCALING
 
-from llama3_lab.fast import FastDecoder, FastPathError, run_with_cache_offloaded
+from llama3_lab.fast import DecodeStep, FastDecoder, FastPathError, run_with_cache_offloaded
 from llama3_lab.generation import generate_tokens, make_generator
 from llama3_lab.kv_cache import KVCache
 
@@ -73,6 +73,32 @@ def test_step_logits_match_the_cached_eager_forward(make_model):
     for layer in range(model.cfg.num_hidden_layers):
         torch.testing.assert_close(decoder.cache.layer_keys(layer), cache.layer_keys(layer))
         torch.testing.assert_close(decoder.cache.layer_values(layer), cache.layer_values(layer))
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_step_with_reductions_equals_the_step_with_matrix_products(make_model, shape):
+    """``DecodeStep(reductions=True)`` (what the packages compile) sums the same dot products in another
+    order: every output agrees with the matrix-product step to float32 rounding, at every position."""
+    model = make_model(seed=5, **SHAPES[shape])
+    steps = [DecodeStep(model, 64, reductions=flag) for flag in (False, True)]
+    caches = [KVCache.allocate(model, batch_size=2, max_length=64) for _ in steps]
+    for cache in caches:
+        for tensor in cache.keys + cache.values:
+            tensor.zero_()
+    tokens = torch.tensor([[1, 7], [5, 3], [9, 9], [2, 0], [4, 11]])
+    with torch.no_grad():
+        for position, token in enumerate(tokens):
+            outs = [
+                step(token.view(2, 1), torch.tensor(position), cache.keys, cache.values)
+                for step, cache in zip(steps, caches)
+            ]
+            for matrix, reduced in zip(*outs):
+                torch.testing.assert_close(reduced, matrix, rtol=1e-5, atol=1e-5)
+            pattern = outs[1][3]  # [L B H T]: the row sums to one over the filled positions only
+            torch.testing.assert_close(pattern.sum(-1), torch.ones(pattern.shape[:-1]))
+            assert (pattern[..., position + 1 :] == 0).all()
+    for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # the same K/V at the same slots
 
 
 def test_batched_steps_match_per_sequence_eager(make_model):
