@@ -560,3 +560,35 @@ def test_cpu_weights_are_column_major_and_the_fused_norm_is_exact():
         for h in handles:
             h.remove()
     assert torch.equal(fused, manual)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(("queries_at", "keys"), [(1, 9), (7, 7), (5, 12)], ids=["step", "prompt", "chunk"])
+@pytest.mark.parametrize("heads", [(8, 2), (8, 8), (8, 1)], ids=["gqa", "mha", "mqa"])
+def test_the_eager_attention_is_the_einsum_of_its_equations_to_the_bit(heads, queries_at, keys, dtype):
+    """``Attention._eager`` (what every pattern hook sees) is written with views and matmul for speed;
+    it must be the plain einsum of the equations, scores = q·kᵀ/√d masked, pattern = softmax (float32),
+    z = pattern·v, bit for bit, with the causal mask and with a padding mask."""
+    H, K = heads
+    model = tiny_model(seed=1, num_attention_heads=H, num_key_value_heads=K, dtype=dtype)
+    attn, d = model.blocks[0].attn, model.cfg.head_dim
+    P, T, start = queries_at, keys, keys - queries_at
+    generator = torch.Generator().manual_seed(P * T)
+    queries = torch.randn(2, P, H, d, generator=generator).to(dtype).transpose(1, 2)  # b p h d -> b h p d
+    k = torch.randn(2, K, T, d, generator=generator).to(dtype)
+    v = torch.randn(2, K, T, d, generator=generator).to(dtype)
+    causal = torch.arange(T)[None, :] <= torch.arange(start, T)[:, None]  # [P T]
+    padding = causal & (torch.rand(2, 1, T, generator=generator) > 0.3)  # [B P T]
+    padding[..., 0] = True
+    for mask in (None, padding):
+        seen = {}
+        with model.hooks([(attn.hook_pattern.name, lambda x, hook: seen.setdefault("pattern", x))]):
+            z = attn._eager(queries, k, v, start, mask)
+        grouped = queries.reshape(2, K, H // K, P, d)  # b (k g) p d -> b k g p d
+        scores = torch.einsum("bkgpd,bktd->bkgpt", grouped, k) * attn.scale
+        visible = causal if mask is None else mask[:, None, None]
+        scores = scores.masked_fill(~visible, float("-inf")).reshape(2, H, P, T)
+        pattern = scores.softmax(dim=-1, dtype=torch.float32).to(dtype)
+        expected = torch.einsum("bkgpt,bktd->bpkgd", pattern.reshape(2, K, H // K, P, T), v)
+        assert torch.equal(seen["pattern"], pattern)
+        assert torch.equal(z, expected.reshape(2, P, H, d))
