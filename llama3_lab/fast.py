@@ -61,13 +61,14 @@ class DecodeStep(nn.Module):
     """One decode step at a position held in a tensor, over a static cache: what is compiled.
 
     ``forward(token [B 1], position [], keys, values) -> (logits [B V], greedy [B], resid [L B D],
-    pattern [L B H T])``, where ``keys`` and ``values`` are the cache's per-layer ``[B K T_max d]``
-    tensors (the step writes its K/V into them at ``position``); ``resid`` is every block's
-    ``resid_post`` and ``pattern`` every head's attention row (0 beyond ``position``), what a
-    ``Session`` records. The model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1,
+    pattern [L B H T])``, where ``keys`` and ``values`` are the cache's per-layer ``[B K T d]``
+    tensors, ``T ≤ T_max`` (a package is called with views of the filled positions, see
+    ``packaged.POSITION_BLOCK``; the step writes its K/V into them at ``position``); ``resid`` is
+    every block's ``resid_post`` and ``pattern`` every head's attention row (0 beyond ``position``),
+    what a ``Session`` records. The model's own modules, called as they are: ``embed``, ``RMSNorm`` (ln1,
     ln2, ln_final), the q/k/v/o projections, ``apply_rotary`` with the model's float32 RoPE tables,
     ``MLP``, ``unembed``; the block is the same ``h = x + attn(ln1(x)); out = h + mlp(ln2(h))``.
-    Every shape is fixed by ``T_max``, so the step compiles once (``torch.compile``, AOTInductor).
+    Every shape but ``T`` is fixed, so the step compiles once (``torch.compile``, AOTInductor).
 
     ``reductions=True``: the two attention products (``q·kᵀ`` and ``pattern·v``) are written as
     multiply-and-sum reductions rather than matrix products, the same dot products summed in another
@@ -135,7 +136,7 @@ class DecodeStep(nn.Module):
             # q·kᵀ, with the cache as the matrix that streams (compiled, q·kᵀ made Inductor transpose
             # and re-pack all T_max keys of every layer at every step: 41 µs a layer, measured)
             scores = torch.matmul(keys, grouped.transpose(-1, -2)).transpose(-1, -2) * attn.scale
-        visible = self.key_positions <= position  # [T]: keys ≤ position
+        visible = self.key_positions[: keys.shape[2]] <= position  # [T]: keys ≤ position
         scores = scores.masked_fill(~visible, float("-inf"))
         pattern = scores.softmax(dim=-1, dtype=at_least_float32(scores.dtype)).to(x.dtype)
         if self.reductions:  # z [B K G d] = Σ_t pattern [B K G T 1] · values [B K 1 T d]

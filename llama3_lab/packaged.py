@@ -57,8 +57,15 @@ from .units import format_bytes
 if TYPE_CHECKING:  # pragma: no cover
     from .model import LlamaModel
 
-FORMAT = 4
-"""Bumped whenever ``DecodeStep``'s inputs, outputs or math change: older packages are then ignored."""
+FORMAT = 5
+"""Bumped whenever ``DecodeStep``'s inputs, outputs or math change: older packages are then ignored
+(5: the cache's positions are a dynamic size, ``POSITION_BLOCK`` at a time)."""
+
+POSITION_BLOCK = 64
+"""A package's step attends over the filled cache rounded up to this many positions, not its capacity:
+it is exported with the cache's length as a dynamic size (a multiple of this) and called with views
+of the first ``filled`` positions. Measured on SmolLM2-135M in float32: the step at 128 positions
+1.11x faster than the same step over all 512 (12 alternated rounds), with the same bits."""
 
 DEFAULT_CAPACITY = 512
 """Positions (prompt + new tokens) a package holds by default; a multiple of 64 (the decoder's padding)."""
@@ -392,7 +399,10 @@ def build_package(
 
     hide_context_hooks_from_compiler()
     with torch.no_grad():
-        program = torch.export.export(step, (token, position, cache.keys, cache.values), strict=False)
+        keys, values, dynamic = _example_cache(cache, capacity)
+        program = torch.export.export(
+            step, (token, position, keys, values), dynamic_shapes=dynamic, strict=False
+        )
         with atomic_path(path) as tmp:
             built = tmp.with_suffix(".pt2")  # AOTInductor wants the suffix; renamed into tmp, then path
             try:
@@ -423,15 +433,44 @@ def build_package(
     return path
 
 
+def _example_cache(
+    cache: KVCache, capacity: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[Any, ...] | None]:
+    """What the step is exported with: views of the first positions of a full-capacity cache (the strides
+    a call will have) and their length as a dynamic size, a multiple of ``POSITION_BLOCK`` up to
+    ``capacity``; a package of one block has the static length."""
+    if capacity <= POSITION_BLOCK:
+        return cache.keys, cache.values, None
+    blocks = torch.export.Dim("position_blocks", min=1, max=capacity // POSITION_BLOCK)
+    length = {2: POSITION_BLOCK * blocks}  # keys/values [B K T d]: T dynamic
+    layers = len(cache.keys)
+    example = 2 * POSITION_BLOCK  # a size that is neither 0, 1 nor the capacity, so none is assumed
+    keys = [tensor[:, :, :example] for tensor in cache.keys]
+    values = [tensor[:, :, :example] for tensor in cache.values]
+    return keys, values, (None, None, [length] * layers, [length] * layers)
+
+
+def filled_views(
+    position: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The cache a package step at ``position`` reads: its first ``position + 1`` positions rounded up to
+    ``POSITION_BLOCK`` (views; the step writes its K/V through them into the full cache)."""
+    capacity = keys[0].shape[2]
+    filled = min(capacity, -(-(int(position) + 1) // POSITION_BLOCK) * POSITION_BLOCK)
+    if filled == capacity:
+        return keys, values
+    return [k[:, :, :filled] for k in keys], [v[:, :, :filled] for v in values]
+
+
 def _older_builds(record: PackageRecord, path: Path) -> list[Path]:
     """Packages for the same target as ``record`` (torch, CPU, dtype, batch, capacity, config, weights)
-    compiled another way: superseded by the build at ``path`` (``usable_package`` prefers it)."""
-    same = ("format", "torch", "cpu", "dtype", "batch_size", "capacity", "config", "weights")
+    compiled another way or in an older format: superseded by the build at ``path``."""
+    same = ("torch", "cpu", "dtype", "batch_size", "capacity", "config", "weights")
     return [
         other
         for found, other in _records()
         if other != path
-        and found.compiler != record.compiler
+        and (found.compiler, found.format) != (record.compiler, record.format)
         and all(getattr(found, k) == getattr(record, k) for k in same)
     ]
 
@@ -514,12 +553,22 @@ def packaged_step(model: LlamaModel, path: str | Path) -> Callable[..., tuple[to
     """``step(token, position, keys, values) -> (logits [B V], greedy [B], resid [L B D], pattern [L B H T])``
     from a package; a float32 package ends at the final norm and the model's own ``unembed`` (the
     blocked product of ``linear``, bit-identical to the eager one) makes the logits here."""
+    record = record_of(path)
+    if record.format != FORMAT:  # another step's inputs and outputs: a static cache, other records
+        raise PackageError(
+            f"the package {path} was built by another version of llama3-lab (format {record.format}, this "
+            f"one reads {FORMAT}): rebuild it with `llama3-lab compile` (it replaces the older build)."
+        )
     runner = load_package(path)
-    if record_of(path).unembed_inside:
-        return runner
+    unembed_inside = record.unembed_inside
 
-    def step(*inputs: Any) -> tuple[torch.Tensor, ...]:
-        final, resid, pattern = runner(*inputs)
+    def step(
+        token: torch.Tensor, position: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
+        outputs = runner(token, position, *filled_views(position, keys, values))
+        if unembed_inside:
+            return outputs
+        final, resid, pattern = outputs
         logits = model.unembed(final)  # [B V]
         return logits, logits.argmax(dim=-1), resid, pattern
 

@@ -582,7 +582,9 @@ def test_the_eager_attention_is_the_einsum_of_its_equations_to_the_bit(heads, qu
     padding[..., 0] = True
     for mask in (None, padding):
         seen = {}
-        with model.hooks([(attn.hook_pattern.name, lambda x, hook: seen.setdefault("pattern", x))]):
+        with model.hooks(
+            [(attn.hook_pattern.name, lambda x, hook, seen=seen: seen.setdefault("pattern", x))]
+        ):
             z = attn._eager(queries, k, v, start, mask)
         grouped = queries.reshape(2, K, H // K, P, d)  # b (k g) p d -> b k g p d
         scores = torch.einsum("bkgpd,bktd->bkgpt", grouped, k) * attn.scale

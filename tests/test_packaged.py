@@ -36,19 +36,24 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(home):
     model = tiny_model(seed=3)
-    older = _older_build(model, home)
+    olders = [_older_build(model, home), _older_build(model, home, older_format=True)]
     said: list[str] = []
     path = build_package(model, capacity=64, inductor_configs=QUICK, echo=said.append)
-    assert not older.exists() and not older.with_suffix(".json").exists()  # superseded, removed
-    assert any("removed an older build" in line and older.name in line for line in said), said
+    for older in olders:
+        assert not older.exists() and not older.with_suffix(".json").exists()  # superseded, removed
+        assert any("removed an older build" in line and older.name in line for line in said), said
     return model, path
 
 
-def _older_build(model, home):
+def _older_build(model, home, older_format=False):
     """A package for the same target compiled another way (another compiler key), as an earlier
     version of ``llama3-lab compile`` would have left it."""
     fingerprint = packaged.weights_fingerprint(model)
     record = replace(packaged._record_for(model, 1, 64, fingerprint), compiler="an-older-way")
+    if older_format:  # the same way, in the format before this one
+        record = replace(
+            record, compiler=packaged._compiler_key(QUICK, torch.float32), format=packaged.FORMAT - 1
+        )
     path = packaged.package_path(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"an older build")
@@ -228,6 +233,16 @@ def test_bad_builds_are_refused(built):
         build_package(tiny_model(seed=3, dtype=torch.float64), capacity=64, echo=None)
 
 
+def test_a_package_of_another_format_is_refused(built, tmp_path):
+    _model, path = built
+    older = tmp_path / path.name
+    older.write_bytes(path.read_bytes())
+    record = json.loads(path.with_suffix(".json").read_text())
+    older.with_suffix(".json").write_text(json.dumps({**record, "format": packaged.FORMAT - 1}))
+    with pytest.raises(PackageError, match="format .* rebuild it with `llama3-lab compile`"):
+        FastDecoder(tiny_model(seed=3), 64, package=older)
+
+
 def test_the_decoder_refuses_a_package_of_another_batch(built):
     model, path = built
     with pytest.raises(PackageError, match="holds 64 positions for batch 1.*batch 2"):
@@ -308,3 +323,32 @@ def test_compile_at_setup_finds_the_built_package(built, monkeypatch, capsys):
     monkeypatch.setattr(packaged, "INDUCTOR_CONFIGS", QUICK)  # the configs `built` was compiled with
     assert cli.main(["compile", "tiny", "--max-length", "64", "--at-setup"]) == 0
     assert capsys.readouterr().out.strip() == str(path)
+
+
+def test_a_package_attends_over_the_filled_blocks_only_and_decodes_past_them(home):
+    """A package of 192 positions is exported with the cache's length dynamic: each step reads the filled
+    positions rounded up to 64 (its pattern row is that long), and a generation that crosses two block
+    boundaries gives the eager path's greedy tokens and, in a Session, its records."""
+    model = tiny_model(seed=4, max_position_embeddings=256)
+    path = build_package(model, capacity=192, inductor_configs=QUICK, echo=None)
+    assert usable_package(model, 150) == path
+    step = packaged.packaged_step(model, path)
+    decoder = FastDecoder(model, 192, package=path)
+    decoder.prefill(PROMPT)
+    for position, expected in ((5, 64), (63, 64), (64, 128), (130, 192)):
+        keys, values = decoder.cache.keys, decoder.cache.values
+        *_, pattern = step(torch.tensor([[3]]), torch.tensor(position), keys, values)
+        assert pattern.shape[-1] == expected  # [L B H T]: the filled blocks, not the capacity
+    n = 150 - len(PROMPT)
+    eager = list(generate_tokens(model, PROMPT, n, temperature=0, fast=False))
+    assert list(generate_tokens(model, PROMPT, n, temperature=0)) == eager
+    assert decoder_in_use(model).package == path
+    fast_session, exact = (
+        Session(model, PROMPT, temperature=0),
+        Session(model, PROMPT, temperature=0, fast=False),
+    )
+    assert fast_session._package == path
+    for a, b in zip(fast_session.step(70), exact.step(70)):  # positions 5-74: across the boundary at 64
+        assert a.token_id == b.token_id and a.attention.shape == b.attention.shape
+        torch.testing.assert_close(a.attention, b.attention, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
