@@ -450,7 +450,7 @@ def _example_cache(
     return keys, values, (None, None, [length] * layers, [length] * layers)
 
 
-def filled_views(
+def _filled_views(
     position: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The cache a package step at ``position`` reads: its first ``position + 1`` positions rounded up to
@@ -565,7 +565,7 @@ def packaged_step(model: LlamaModel, path: str | Path) -> Callable[..., tuple[to
     def step(
         token: torch.Tensor, position: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]
     ) -> tuple[torch.Tensor, ...]:
-        outputs = runner(token, position, *filled_views(position, keys, values))
+        outputs = runner(token, position, *_filled_views(position, keys, values))
         if unembed_inside:
             return outputs
         final, resid, pattern = outputs
