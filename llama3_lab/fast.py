@@ -58,7 +58,7 @@ class FastPathError(RuntimeError):
 
 
 class DecodeStep(nn.Module):
-    """One decode step at a position held in a tensor, over a static cache: what is compiled.
+    """One decode step at a position held in a tensor, over a cache of fixed capacity: what is compiled.
 
     ``forward(token [B 1], position [], keys, values) -> (logits [B V], greedy [B], resid [L B D],
     pattern [L B H T])``, where ``keys`` and ``values`` are the cache's per-layer ``[B K T d]``
@@ -78,9 +78,8 @@ class DecodeStep(nn.Module):
     compiled step 1.08x faster in float32 and in bfloat16 (10 alternated rounds); the packages' greedy
     loops 1.06x in float32 (53.4 vs 50.4 tok/s, 8 alternated runs, the same tokens) and 1.15x in
     bfloat16 (105 vs 91 tok/s), whose greedy tokens now follow the eager bfloat16 path's for longer
-    (62, 32, 46 and 64 of 64 tokens on four prompts, against 16, 4, 45 and 64: the products are summed
-    in float32 and rounded once). Run eagerly it would materialise ``[B K G T d]``, so the eager and
-    CUDA steps keep the matrix products.
+    (62, 32, 46 and 64 of 64 tokens on four prompts, against 16, 4, 45 and 64). Run eagerly it would
+    materialise ``[B K G T d]``, so the eager and CUDA steps keep the matrix products.
 
     ``unembed=False``: the step stops at the final norm and returns ``(final [B D], resid, pattern)``;
     the caller unembeds (``packaged`` does for float32 on the CPU: two float32 packages built the same

@@ -358,10 +358,11 @@ def build_package(
     from .fast import FastDecoder
 
     _check_model(model, "build_package")
-    if capacity % 64 or capacity <= 0 or capacity > model.cfg.max_position_embeddings:
+    if capacity % POSITION_BLOCK or capacity <= 0 or capacity > model.cfg.max_position_embeddings:
         raise PackageError(
-            f"capacity={capacity}: a package holds a positive multiple of 64 positions, at most the model's "
-            f"context ({model.cfg.max_position_embeddings}); e.g. capacity={DEFAULT_CAPACITY}."
+            f"capacity={capacity}: a package holds a positive multiple of {POSITION_BLOCK} positions, at "
+            f"most the model's context ({model.cfg.max_position_embeddings}); "
+            f"e.g. capacity={DEFAULT_CAPACITY}."
         )
     FastDecoder(model, capacity, batch_size, compile=None).check_no_hooks()
     compiler = os.environ.get("CXX") or next(
