@@ -89,7 +89,7 @@ def generate_batch(
         cache = KVCache.allocate(model, batch_size=len(rows), max_length=batch.ids.shape[1] + max_new_tokens)
         active = list(range(len(rows)))  # the prompt each cache row belongs to
         with torch.no_grad():
-            logits = model(batch, cache=cache)[:, -1]
+            logits = model(batch, cache=cache, logits_to_keep=1)[:, -1]
             for step in range(max_new_tokens):
                 next_ids = _sample_rows(sampling, logits, [generators[row] for row in active])
                 keep = []

@@ -286,7 +286,7 @@ def generate_tokens(
         cache = KVCache.allocate(model, batch_size=1, max_length=length)
 
         def prefill(ids: list[int]) -> torch.Tensor:
-            return model(torch.tensor([ids], device=model.device), cache=cache)[0, -1]
+            return model(torch.tensor([ids], device=model.device), cache=cache, logits_to_keep=1)[0, -1]
 
         def step(token: torch.Tensor) -> torch.Tensor:
             return model(token.view(1, 1), cache=cache)[0, -1]

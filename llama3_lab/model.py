@@ -315,8 +315,13 @@ class LlamaModel(HookedRootModule):
         *,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits [B P V] for ``tokens`` [B P] (or [P]) placed at positions ``start .. start + P - 1``.
+
+        ``logits_to_keep`` (transformers' name): 0 keeps every position; n > 0 only the last n, so the
+        final norm and the unembedding (and their hook points) see ``[B n ·]`` and the logits are
+        ``[B n V]`` (a prefill that needs only the next token's logits: 1).
 
         ``start`` is ``cache.length`` with a cache (whose K/V for these tokens are written and whose
         length advances by P), else ``start_pos`` or 0.
@@ -330,6 +335,10 @@ class LlamaModel(HookedRootModule):
         if isinstance(tokens, TokenBatch):
             tokens, attention_mask, positions = tokens.ids, tokens.mask, tokens.positions
         tokens = self._check_tokens(tokens)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(
+                f"logits_to_keep={logits_to_keep!r}: 0 keeps every position's logits, n > 0 the last n."
+            )
         start = self._start_position(tokens, cache, start_pos)
         P = tokens.shape[1]
         mask = None
@@ -342,6 +351,8 @@ class LlamaModel(HookedRootModule):
             x = block(x, cos, sin, cache, start, mask)
         if cache is not None:
             cache.length = start + P
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # b p d -> b n d
         return self.unembed(self.ln_final(x))
 
     def _padded_inputs(

@@ -230,8 +230,9 @@ class Session:
         self.cache = KVCache.allocate(model, 1, max_length=min(limit, max(capacity, len(self.tokens))))
         self._zero_unfilled_cache()
         if len(self.tokens) > 1:  # everything but the last token; each step then feeds one token
-            with torch.no_grad():
-                model(torch.tensor([self.tokens[:-1]], device=model.device), cache=self.cache)
+            with torch.no_grad():  # its logits are not used: unembed one position, not all
+                prompt = torch.tensor([self.tokens[:-1]], device=model.device)
+                model(prompt, cache=self.cache, logits_to_keep=1)
         self._setup_capture()
 
     # -- state ----------------------------------------------------------------------------------------

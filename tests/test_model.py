@@ -364,6 +364,28 @@ def test_bf16_is_as_close_to_float64_as_transformers_bf16():
 # ---------------------------------------------------------------------------------------- KV cache
 
 
+def test_logits_to_keep_is_transformers_and_the_last_rows_of_every_position():
+    """``logits_to_keep=n`` (what every prefill of generate, Session and the fast decoder uses): the last n
+    positions' logits, transformers' with the same argument (to float32 rounding: a product of n rows may sum
+    in another order than one of every row, in both), the final norm's hooks seeing n."""
+    model = tiny_model(seed=5)
+    hf = transformers_twin(model, attn="eager")
+    tokens = tokens_for(model.cfg, length=12)
+    with torch.no_grad():
+        every = model(tokens)
+        for n in (1, 3):
+            kept = model(tokens, logits_to_keep=n)
+            assert kept.shape == (*tokens.shape[:1], n, model.cfg.vocab_size)
+            assert_close_to_scale(kept, hf(tokens, logits_to_keep=n).logits)
+            assert_close_to_scale(kept, every[:, -n:])
+        _, cache = model.run_with_cache(tokens, logits_to_keep=1)
+    assert cache["ln_final.hook_normalized"].shape[1] == 1
+    assert cache["blocks.0.hook_resid_post"].shape[1] == tokens.shape[1]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(tokens, logits_to_keep=bad)
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("heads", ["GQA", "MQA"])
 def test_cached_decoding_matches_full_forward(impl, heads):
