@@ -280,9 +280,9 @@ def _all_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     many entries.
 
     The second check catches what bypasses registration: ``del module.child``, ``ModuleList`` deletion,
-    ``pop`` and ``insert`` (they rebuild or edit ``_modules`` directly). A Session asks before every
-    step: the walk costs ~0.3 ms for SmolLM2's 1,033 modules (hook points included), the check of its
-    155 modules with children ~0.03 ms.
+    ``pop`` and ``insert`` (they rebuild or edit ``_modules`` directly). A Session asks before each
+    ``step`` call's first token: the walk costs ~0.3 ms for SmolLM2's 1,033 modules (hook points
+    included), the check of its 155 modules with children ~0.03 ms.
     """
     _watch_tree_edits()
     known = _TREES.get(model)

@@ -178,7 +178,9 @@ class Session:
     ``fast`` (default True): on a CPU, steps use the decode step compiled ahead of time by ``llama3-lab
     compile`` (``llama3_lab.packaged``) when one was built for this model, with the same records taken
     from its outputs; a step while anything is hooked, or once the context outgrows the package's
-    capacity, is the hookable forward. ``fast=False``: always the hookable forward (exact to the bit).
+    capacity, is the hookable forward (hooks and weights are checked at the first token of each ``step``
+    call: nothing of the caller's runs between its tokens). ``fast=False``: always the hookable forward
+    (exact to the bit).
     """
 
     temperature = _sampling_field("temperature")
@@ -225,6 +227,7 @@ class Session:
         capacity = max_length or len(self.tokens) + 256  # grows (doubling) when the steps outrun it
         self._package = usable_package(model, max_length or len(self.tokens) + 1) if fast else None
         self._package_step: Any = None  # its runner, loaded at the first step that uses it
+        self._last_step_packaged = False  # whether the latest step took it (see step)
         if self._package is not None:  # the compiled step needs a cache of the capacity it was built for
             capacity = record_of(self._package).capacity
         self.cache = KVCache.allocate(model, 1, max_length=min(limit, max(capacity, len(self.tokens))))
@@ -271,8 +274,10 @@ class Session:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise GenerationError(f"step(n) needs an int n >= 0, got {n!r}.")
         records = []
+        checked = False  # whether the package may serve: asked at the first step, then kept for this call
         for _ in range(n):
-            records.append(self._advance(None))
+            records.append(self._advance(None, checked))
+            checked = self._last_step_packaged  # no code of the caller runs until this call returns
             if self.done:
                 break
         return records
@@ -370,7 +375,9 @@ class Session:
             limit = self.model.cfg.max_position_embeddings
             self.cache.grow(min(limit, max(2 * self.cache.max_length, length)))
 
-    def _advance(self, forced: int | None) -> StepRecord:
+    def _advance(self, forced: int | None, checked: bool = False) -> StepRecord:
+        """One token. ``checked``: the previous step of the same ``step(n)`` call took the package, and
+        nothing outside this session ran since, so the package's hook and weight checks still hold."""
         if self.done:
             raise GenerationError(
                 f"the session ended with stop token {self.tokens[-1]} ({self.history[-1].token_text!r}): "
@@ -381,7 +388,8 @@ class Session:
         self._ensure_capacity(position)
         rng_state = self._rng_state_now()
         last = torch.tensor([[self.tokens[-1]]], device=self.model.device)
-        runner = self._packaged_step()
+        runner = self._packaged_step(checked)
+        self._last_step_packaged = runner is not None
         if runner is None:
             with torch.no_grad(), self._capturing():
                 logits = self.model(last, cache=self.cache)[0, -1]
@@ -413,12 +421,13 @@ class Session:
             for tensor in self.cache.keys + self.cache.values:
                 tensor[:, :, self.cache.length :].zero_()
 
-    def _packaged_step(self) -> Any:
+    def _packaged_step(self, checked: bool = False) -> Any:
         """The compiled step's runner when this step may use it (the cache still of its capacity,
-        nothing hooked, the weights unchanged), else None: the hookable forward."""
+        nothing hooked, the weights unchanged; the last two not asked again when ``checked``), else None:
+        the hookable forward. Asking costs ~0.7 ms a step for SmolLM2 (1,033 modules, 273 parameters)."""
         if self._package is None or self.cache.max_length != record_of(self._package).capacity:
             return None
-        if not still_usable(self.model, self._package):
+        if not checked and not still_usable(self.model, self._package):
             return None
         if self._package_step is None:
             self._package_step = packaged_step(self.model, self._package)

@@ -273,6 +273,27 @@ def test_a_session_steps_with_the_package_and_records_the_same(built, monkeypatc
     assert [r.token_id for r in twin.step(3)] == [r.token_id for r in exact.step(3)]
 
 
+def test_a_session_checks_hooks_and_weights_once_per_step_call_and_again_at_the_next(built, monkeypatch):
+    """Between the tokens of one ``step(n)`` no caller code runs, so the package's checks are asked once;
+    an edit before the next call still sends that call to the hookable forward."""
+    import llama3_lab.session as session_module
+
+    model, _ = built
+    asked = []
+    real = session_module.still_usable
+    monkeypatch.setattr(session_module, "still_usable", lambda m, p: asked.append(1) or real(m, p))
+    session = Session(model, PROMPT, temperature=0)
+    exact = Session(model, PROMPT, temperature=0, fast=False)
+    assert [r.token_id for r in session.step(6)] == [r.token_id for r in exact.step(6)]
+    assert len(asked) == 1
+    seen = []
+    with model.hooks([("blocks.0.hook_resid_post", lambda x, hook: seen.append(x.shape))]):
+        session.step(3)  # asked at its first token: hooked, so every token takes the hookable forward
+    assert len(seen) == 3 and len(asked) == 1 + 3
+    session.step(2)
+    assert len(asked) == 1 + 3 + 1
+
+
 def test_a_hooked_session_step_is_the_hookable_forward(built):
     model, _ = built
     session = Session(model, PROMPT, temperature=0)
