@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .activation_cache import _kept_positions
+from .allocator import keep_freed, kept_bytes
 from .units import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,7 +124,8 @@ def _dtype_of(module: nn.Module) -> torch.dtype:
 
 
 def free_memory_bytes(device: torch.device | str) -> int:
-    """Free memory on ``device``: ``psutil`` available RAM on CPU, ``torch.cuda.mem_get_info`` on CUDA."""
+    """Free memory on ``device``: on CPU ``psutil``'s available RAM plus the freed memory malloc keeps for
+    the next cache (``allocator.kept_bytes``); ``torch.cuda.mem_get_info`` on CUDA."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
@@ -132,7 +134,7 @@ def free_memory_bytes(device: torch.device | str) -> int:
         return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    return int(psutil.virtual_memory().available) + kept_bytes()
 
 
 def cache_budget(model: nn.Module, budget_bytes: int | None, device: torch.device | str) -> int:
@@ -151,11 +153,17 @@ def check_cache_budget(
     device: torch.device | str,
     budget_bytes: int | None = None,
 ) -> None:
-    """Raise ``MemoryBudgetError`` (biggest contributors, ways out) if ``estimate`` is over the budget."""
+    """Raise ``MemoryBudgetError`` (biggest contributors, ways out) if ``estimate`` is over the budget.
+
+    A cache that fits, on the CPU, lets malloc keep as much freed memory for the next one
+    (``allocator.keep_freed``: the next cache then reuses these pages instead of fresh ones the kernel
+    must zero first)."""
     budget = cache_budget(model, budget_bytes, device)
     if estimate.total > budget:
         message = _budget_message(estimate, budget, torch.device(device))
         raise MemoryBudgetError(message, estimate.total, budget)
+    if torch.device(device).type == "cpu":
+        keep_freed(estimate.total)
 
 
 def _budget_message(estimate: CacheEstimate, budget: int, device: torch.device) -> str:

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llama3_lab"
 
 #: Lowest first. A module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("units", ["units", "config_checks"]),
+    ("units", ["units", "config_checks", "allocator"]),
     ("config", ["config", "rope", "gguf_metadata", "known_configs", "config_explain"]),
     ("files", ["assets", "tokenizer", "tokenizer_llama3", "tokenizer_gguf"]),
     ("hooks and cache", ["hook_points", "tokens", "memory", "activation_cache", "hooks", "gradients"]),
