@@ -9,17 +9,19 @@ kernel zeroes every one of them before the forward writes it. Measured on that m
 EPYC, 8 alternated rounds): ``run_with_cache`` of everything took 1.19x the plain forward, and 1.06x when
 the freed memory was kept.
 
-``keep_freed(nbytes)`` raises the trim threshold to ``nbytes``. It never lowers it, and it is capped at a
-quarter of the machine's memory. It runs before a CPU cache of at least ``MIN_KEPT`` bytes is taken
-(``memory.check_cache_budget``). Setting the threshold stops glibc's own adjustments, so the mmap threshold
-is set too, to the largest value those adjustments would reach (32 MiB on 64-bit): blocks above it still go
-straight back to the kernel when freed.
+``keep_freed(nbytes)`` raises the trim threshold to twice ``nbytes``: glibc trims the whole free top once
+it passes the threshold, and a dropped cache joins whatever was free there already (a loop that makes the
+next cache before it drops the last frees two). The threshold is never lowered, and is capped at a quarter
+of the machine's memory and at 2 GiB (``mallopt`` takes an int). It is raised before a CPU cache of at
+least ``MIN_KEPT`` bytes is taken (``memory.check_cache_budget``). Setting it stops glibc's own
+adjustments, so the mmap threshold is set too, to the largest value those adjustments would reach (32 MiB
+on 64-bit): blocks above it still go straight back to the kernel when freed.
 
-The kept memory still counts as free: ``kept_bytes()`` (the free chunks in malloc's arenas, which the kernel
-counts as used) is added to the available RAM by ``memory.free_memory_bytes``, so a budget never refuses
-because of it.
-``release_freed()`` hands it back at once (``malloc_trim``). Elsewhere (macOS, Windows, musl) this module
-does nothing. The allocators there, and jemalloc or tcmalloc preloaded, keep freed memory on their own.
+The kept memory still counts as free: ``kept_bytes()`` (the free chunks in malloc's arenas, which the
+kernel counts as used) is added to the available RAM by ``memory.free_memory_bytes``, so a budget never
+refuses because of it. ``release_freed()`` hands it back at once (``malloc_trim``). Elsewhere (macOS,
+Windows, musl) this module does nothing; the allocators there, and jemalloc or tcmalloc preloaded, keep
+freed memory on their own.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ _released = 0  # free bytes in malloc's arenas right after the last release_free
 
 
 def keep_freed(nbytes: int) -> int:
-    """Let malloc keep up to ``nbytes`` of freed memory (capped at a quarter of RAM); the threshold now set.
+    """Let malloc keep freed memory for a cache of ``nbytes``: a trim threshold of twice that (at most a
+    quarter of RAM and 2 GiB, never lowered); returns the threshold now set.
 
     Returns the limit unchanged (0 if never set) where this does nothing: not glibc, ``nbytes`` below
     ``MIN_KEPT``, or ``KEEP_FREED`` off.
@@ -82,7 +85,7 @@ def keep_freed(nbytes: int) -> int:
     libc = _glibc()
     if libc is None or nbytes < MIN_KEPT or not KEEP_FREED:
         return _kept_limit
-    limit = min(int(nbytes), _total_memory() // 4, 2**31 - 1)  # mallopt takes an int
+    limit = min(2 * int(nbytes), _total_memory() // 4, 2**31 - 1)  # mallopt takes an int
     if limit > _kept_limit and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):
         if libc.mallopt(_M_TRIM_THRESHOLD, limit):
             _kept_limit = limit
