@@ -1,4 +1,4 @@
-"""The CPU allocator: let glibc's malloc keep one cache's worth of freed memory for the next cache.
+"""The CPU allocator: let glibc's malloc keep a cache's freed memory for the next cache.
 
 A forward without hooks frees each intermediate as soon as the next one is computed, so malloc hands the
 same memory back again and again; ``run_with_cache`` keeps every intermediate alive (SmolLM2-135M, 128

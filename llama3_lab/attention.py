@@ -211,8 +211,9 @@ class Attention(nn.Module):
         [B P T]; None if every key is visible.
 
         Added to the scores, it gives what ``masked_fill(~mask, −inf)`` gives (x + 0 = x, x − inf = −inf;
-        only a score of −0.0 becomes +0.0, the same number), at a tenth of its time: 15 against 165 µs a
-        layer for SmolLM2's 9 heads × 128 × 128 scores on two cores (masked_fill is a scalar loop there).
+        only a score of −0.0 becomes +0.0, the same number), in a fifth of its time: building the bias
+        21 µs and adding it 15 µs, against 165 µs for masked_fill, for SmolLM2's 9 heads × 128 × 128 scores
+        on two cores (masked_fill is a scalar loop there).
         """
         if mask is not None:  # the same for every head
             return torch.zeros((), dtype=dtype, device=device).masked_fill(~mask[:, None, None], -torch.inf)

@@ -155,9 +155,9 @@ def check_cache_budget(
 ) -> None:
     """Raise ``MemoryBudgetError`` (biggest contributors, ways out) if ``estimate`` is over the budget.
 
-    A cache that fits, on the CPU, lets malloc keep as much freed memory for the next one
-    (``allocator.keep_freed``: the next cache then reuses these pages instead of fresh ones the kernel
-    must zero first)."""
+    A cache that fits, on the CPU, lets malloc keep its freed memory for the next one
+    (``allocator.keep_freed``, twice its size: the next cache then reuses these pages instead of fresh
+    ones the kernel must zero first)."""
     budget = cache_budget(model, budget_bytes, device)
     if estimate.total > budget:
         message = _budget_message(estimate, budget, torch.device(device))
