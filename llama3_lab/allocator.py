@@ -6,8 +6,8 @@ tokens: 236 MiB in 667 tensors of 0.1-0.8 MB each). When that cache is dropped, 
 heap back to the kernel if more than its *trim threshold* is free there (by default adjusted on the fly:
 twice the largest mmapped block freed so far, at most 64 MiB). So the next cache gets fresh pages, and the
 kernel zeroes every one of them before the forward writes it. Measured on that model (float32, 2-core AMD
-EPYC, 8 alternated rounds): ``run_with_cache`` of everything took 1.19x the plain forward, and 1.06x when
-the freed memory was kept.
+EPYC, the hooks phase of ``benchmarks/run.py`` run twice each way, alternated): ``run_with_cache`` of
+everything took 1.29x and 1.18x the plain forward with ``KEEP_FREED`` off, 1.06x and 1.09x with it on.
 
 ``keep_freed(nbytes)`` raises the trim threshold to twice ``nbytes``: glibc trims the whole free top once
 it passes the threshold, and a dropped cache joins whatever was free there already (a loop that makes the
