@@ -45,16 +45,27 @@ def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
 
 
 def alternate(
-    variants: dict[str, Callable[[], Any]], reps: int, warmup: int = 1, device: torch.device | str = "cpu"
+    variants: dict[str, Callable[[], Any]],
+    reps: int,
+    warmup: int = 1,
+    device: torch.device | str = "cpu",
+    rotate: bool = False,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each variant, called in turn ``reps`` times (after ``warmup`` rounds)."""
+    """Seconds per call of each variant, called in turn ``reps`` times (after ``warmup`` rounds).
+
+    ``rotate``: round ``i`` starts at the ``i``-th variant (mod their number), so that no variant always
+    runs right after the same other one (what the one before leaves behind, such as a freed cache,
+    then falls on each variant alike).
+    """
     for _ in range(warmup):
         for fn in variants.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(reps):
-        for name, fn in variants.items():
-            times[name].append(timed(fn, device))
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(reps):
+        shift = round_ % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(variants[name], device))
     return times
 
 
@@ -181,14 +192,20 @@ def read_bandwidth_gbps(
     return n_bytes / best / 1e9
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of distinct parameter storage (tied embeddings once): what one decode step must read."""
-    seen, total = set(), 0
+def distinct_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The model's parameter tensors with distinct storage (tied embeddings once), in module order."""
+    seen: set[int] = set()
+    found = []
     for p in model.parameters():
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
+            found.append(p.detach())
+    return found
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of distinct parameter storage (tied embeddings once): what one decode step must read."""
+    return sum(p.numel() * p.element_size() for p in distinct_weights(model))
 
 
 # ---------------------------------------------------------------------------------------- transformers

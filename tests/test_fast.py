@@ -184,11 +184,15 @@ def test_run_py_quick_smoke_on_a_tiny_model(benchmarks_importable, tmp_path):
     assert by_phase["decode"]["ours_same_tokens"] and by_phase["decode"]["fast_same_tokens"]
     assert by_phase["forward"]["max_abs_dlogit_16"] < 1e-4
     assert by_phase["decode"]["bandwidth_gb_s"] > 0
+    # the fast decoder's steps are timed apart from its prefill, once per repetition
+    assert len(by_phase["decode"]["fast_steps_s"]) == len(by_phase["decode"]["fast_prefill_s"]) == 2
+    assert all(t > 0 for t in by_phase["decode"]["fast_steps_s"])
     text = run.render(results, run.machine_info("cpu"), opts)
     for phrase in (
         "forward 16 tokens",
         "run_with_cache, all",
         "fast decoder",
+        "decode steps alone",
         "session step",
         "load from cache",
     ):
@@ -200,6 +204,19 @@ def test_run_py_quick_smoke_on_a_tiny_model(benchmarks_importable, tmp_path):
     run.write_section("run-cpu", text, out)
     written = out.read_text()
     assert written.count("<!-- run-cpu:begin -->") == 1 and "GPU figures" in written
+
+
+def test_alternate_rotates_the_order_of_its_variants(benchmarks_importable):
+    from benchmarks.common import alternate
+
+    calls: list[str] = []
+    variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = alternate(variants, reps=4, warmup=0, rotate=True)
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc"
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    calls.clear()
+    alternate(variants, reps=2, warmup=0)
+    assert "".join(calls) == "abcabc"  # without rotate: the same order every round
 
 
 def test_run_py_refuses_cuda_without_a_gpu(benchmarks_importable):
