@@ -509,25 +509,22 @@ def phase_decode(opts: Options) -> PhaseResult:
 def split_greedy(
     decoder: Any, prompt: list[int], n: int
 ) -> tuple[Callable[[], list[int]], list[float], list[float]]:
-    """A variant for ``alternate`` that decodes like ``decoder.generate_greedy(prompt, n)`` through the
-    public ``prefill`` and ``step`` and appends, at each call, the prefill's seconds and the ``n - 1``
+    """A variant for ``alternate`` that runs ``decoder.generate_greedy(prompt, n)`` as its two calls,
+    ``prefill`` and ``greedy_from``, and appends, at each call, the prefill's seconds and the ``n - 1``
     steps' seconds to the two lists it returns beside it.
 
     A decode step is what the memory-bandwidth limit bounds (it reads every weight once for one
     token); the prefill of a prompt is a matrix product of many rows, bound by arithmetic, not by
-    memory (llama.cpp's ``llama-bench`` reports the two apart as ``pp`` and ``tg``). ``step`` reads each
-    greedy id on the host and copies the logits, which ``generate_greedy`` does not: the steps measured
-    here are, if anything, slower than its.
+    memory (llama.cpp's ``llama-bench`` reports the two apart as ``pp`` and ``tg``).
     """
     prefill_s: list[float] = []
     steps_s: list[float] = []
 
     def run() -> list[int]:
         start = time.perf_counter()
-        ids = [int(decoder.prefill(prompt)[0].argmax())]
+        first = decoder.prefill(prompt).argmax(dim=-1)
         prefilled = time.perf_counter()
-        for _ in range(n - 1):
-            ids.append(int(decoder.step(ids[-1])[0].argmax()))
+        ids = decoder.greedy_from(first, n)
         prefill_s.append(prefilled - start)
         steps_s.append(time.perf_counter() - prefilled)
         return ids

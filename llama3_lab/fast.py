@@ -8,6 +8,7 @@ token, which keep ``torch.compile`` and CUDA graphs out. ``FastDecoder`` trades 
     logits = decoder.prefill(prompt)            # the model's own forward (fused SDPA), fills the cache
     logits = decoder.step(token)                # one token at position decoder.position, fixed shapes
     ids = decoder.generate_greedy(prompt, 256)  # whole greedy loop; on CUDA no host sync per token
+    ids = decoder.greedy_from(decoder.prefill(prompt).argmax(-1), 256)  # the same, in two timed parts
 
 Why a step of its own. A decode step has one query at position p. The model's attention attends over
 ``cache[:p + 1]``, a shape that grows every step; here the query attends over the *whole* preallocated
@@ -409,8 +410,31 @@ class FastDecoder:
             )
         if max_new_tokens <= 0:
             return []
+        return self.greedy_from(self.prefill(prompt).argmax(dim=-1), max_new_tokens, stop_ids)
+
+    def greedy_from(
+        self, token: torch.Tensor, max_new_tokens: int, stop_ids: Iterable[int] = ()
+    ) -> list[int]:
+        """The greedy loop of ``generate_greedy`` after its prefill: ``token`` ``[1]``, the id chosen from
+        the last logits and not yet fed, is fed at ``self.position``, then each argmax in turn; returns
+        ``token``'s id and the ``max_new_tokens - 1`` after it (fewer when a stop id comes).
+
+        ``decoder.greedy_from(decoder.prefill(prompt).argmax(-1), n)`` is ``generate_greedy(prompt, n)``,
+        in two calls that can be timed apart (``benchmarks/run.py`` does: the steps are what the
+        memory-bandwidth limit bounds, the prefill is bound by arithmetic).
+        """
+        if self.batch_size != 1:
+            raise FastPathError("greedy_from is for batch 1; use step for batches.")
+        if max_new_tokens <= 0:
+            return []
+        if self.position + max_new_tokens - 1 > self.max_length:
+            raise FastPathError(
+                f"{max_new_tokens} new tokens from position {self.position} need a cache of "
+                f"{self.position + max_new_tokens - 1} positions; this decoder holds {self.max_length}: "
+                "build it with a larger max_length."
+            )
         stop_ids = frozenset(stop_ids)
-        first = self.prefill(prompt).argmax(dim=-1)  # [1]
+        first = token.reshape(1)
         self._token.copy_(first.view(1, 1))
         new = [first]
         for _ in range(max_new_tokens - 1):

@@ -50,6 +50,18 @@ def test_greedy_tokens_equal_eager_path(make_model, shape, compile_backend):
     assert decoder.generate_greedy(other, 20) == list(generate_tokens(model, other, 20, temperature=0))
 
 
+def test_greedy_from_after_a_prefill_is_generate_greedy_and_refuses_a_full_cache(make_model):
+    model = make_model(seed=3)
+    eager = list(generate_tokens(model, PROMPT, 12, temperature=0))
+    decoder = FastDecoder(model, max_length=len(PROMPT) + 12, compile=None)
+    first = decoder.prefill(PROMPT).argmax(dim=-1)
+    assert decoder.greedy_from(first, 12) == eager
+    assert decoder.position == len(PROMPT) + 11  # the last id is chosen, not fed
+    decoder.prefill(PROMPT)
+    with pytest.raises(FastPathError, match="max_length"):
+        decoder.greedy_from(first, 14)
+
+
 def test_aot_eager_backend_gives_the_same_tokens(make_model):
     model = make_model(seed=1)
     eager = list(generate_tokens(model, PROMPT, 16, temperature=0))
