@@ -402,15 +402,20 @@ class FastDecoder:
         if self.batch_size != 1:
             raise FastPathError("generate_greedy is for batch 1; use prefill/step for batches.")
         prompt = list(prompt.flatten().tolist()) if isinstance(prompt, torch.Tensor) else list(prompt)
-        if len(prompt) + max_new_tokens > self.max_length + 1:
-            raise FastPathError(
-                f"prompt {len(prompt)} + {max_new_tokens} new tokens need a cache of "
-                f"{len(prompt) + max_new_tokens - 1} positions; this decoder holds {self.max_length}: "
-                "build it with a larger max_length."
-            )
+        self._check_room(len(prompt), max_new_tokens)  # before the prefill, not after it
         if max_new_tokens <= 0:
             return []
         return self.greedy_from(self.prefill(prompt).argmax(dim=-1), max_new_tokens, stop_ids)
+
+    def _check_room(self, start: int, max_new_tokens: int) -> None:
+        """Refuse ``max_new_tokens`` from position ``start`` (the last one is chosen, never fed) if they
+        do not fit in the cache."""
+        if start + max_new_tokens - 1 > self.max_length:
+            raise FastPathError(
+                f"{start} positions + {max_new_tokens} new tokens need a cache of "
+                f"{start + max_new_tokens - 1} positions; this decoder holds {self.max_length}: "
+                "build it with a larger max_length."
+            )
 
     def greedy_from(
         self, token: torch.Tensor, max_new_tokens: int, stop_ids: Iterable[int] = ()
@@ -427,12 +432,7 @@ class FastDecoder:
             raise FastPathError("greedy_from is for batch 1; use step for batches.")
         if max_new_tokens <= 0:
             return []
-        if self.position + max_new_tokens - 1 > self.max_length:
-            raise FastPathError(
-                f"{max_new_tokens} new tokens from position {self.position} need a cache of "
-                f"{self.position + max_new_tokens - 1} positions; this decoder holds {self.max_length}: "
-                "build it with a larger max_length."
-            )
+        self._check_room(self.position, max_new_tokens)
         stop_ids = frozenset(stop_ids)
         first = token.reshape(1)
         self._token.copy_(first.view(1, 1))

@@ -23,13 +23,16 @@ allocator.KEEP_FREED = sys.argv[1] == "on"
 model = load_model("smollm2-135m-instruct", device="cpu", dtype=torch.float32, progress=False)
 tokens = torch.randint(17, model.cfg.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))
 with torch.inference_mode():
-    for _ in range(3):  # as benchmarks/run.py alternates them
+    faults = []
+    for _ in range(4):  # as benchmarks/run.py alternates them
         model(tokens)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         _, cache = model.run_with_cache(tokens)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         del cache
-print(faults * resource.getpagesize() / model.estimate_cache_bytes(128))
+# the fewest in rounds 3 and 4: a burst from elsewhere on the host (once, in a full suite: 0.094 in one
+# round) does not decide; an allocator that hands the pages back faults in every round
+print(min(faults[2:]) * resource.getpagesize() / model.estimate_cache_bytes(128))
 """
 
 
@@ -43,8 +46,9 @@ def _always_huge_pages() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(_always_huge_pages(), reason="2 MiB pages fault 512x less often: nothing to count")
 def test_a_full_cache_of_smollm2_reuses_the_last_ones_pages_instead_of_fresh_ones(smollm2):
-    """Page faults in the third ``run_with_cache`` of every hook point (236 MiB), as a fraction of the
-    cache's 4 KiB pages: measured 0.75 and 0.92 with glibc's own trim threshold, at most 2e-5 with ours."""
+    """Page faults in the third or fourth ``run_with_cache`` of every hook point (236 MiB, the fewer of the
+    two), as a fraction of the cache's 4 KiB pages: measured 0.75 and 0.92 in the third with glibc's own
+    trim threshold, at most 2e-5 with ours."""
     fraction = {}
     for mode in ("off", "on"):
         out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
